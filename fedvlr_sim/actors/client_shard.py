@@ -1,0 +1,58 @@
+"""The ClientShard actor: a fixed slice of users, their data and local state, trained together."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from fedvlr_sim.config import RunConfig
+from fedvlr_sim.engine import checkpoint
+from fedvlr_sim.engine.client import ClientPopulation, Upload
+from fedvlr_sim.engine.userdata import UserData
+
+
+def as_tensors(glob) -> dict[str, torch.Tensor]:
+    """Globals from the object store (numpy, read-only, zero-copy) as torch tensors."""
+    if isinstance(glob, ray.ObjectRef):
+        glob = ray.get(glob)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # read-only buffers: the engine never writes them
+        return {k: torch.from_numpy(v) for k, v in glob.items()}
+
+
+@ray.remote(num_cpus=1)
+class ClientShard:
+    """Wraps an engine `ClientPopulation`. One call per round trains all its sampled users."""
+
+    def __init__(self, cfg: RunConfig, data: UserData, n_items: int, n_views: int, width: int, threads: int = 1):
+        torch.set_num_threads(threads)
+        self.population = ClientPopulation(cfg, data, n_items, n_views, width)
+
+    def users(self) -> np.ndarray:
+        return self.population.data.users
+
+    def train(self, round_idx: int, users: np.ndarray, glob) -> Upload:
+        return self.population.train(round_idx, users, as_tensors(glob))
+
+    def ranks(self, glob, split: str):
+        return self.population.ranks(as_tensors(glob), split)
+
+    def reliance(self, glob, altered: list):
+        return self.population.reliance(as_tensors(glob), [as_tensors(a) for a in altered])
+
+    def router_weights(self, glob):
+        return self.population.router_weights(as_tensors(glob))
+
+    def save(self, folder: str, index: int) -> None:
+        checkpoint.save_shard(Path(folder), index, self.population.data.users, self.population.state_dict())
+
+    def load(self, folder: str) -> None:
+        self.population.load_state_dict(checkpoint.load_users_state(Path(folder), self.population.data.users))
+
+    def pid(self) -> int:
+        import os
+        return os.getpid()

@@ -1,0 +1,111 @@
+"""Start (or join) Ray, place the actors, and follow a run from the driver."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import ray
+
+from fedvlr_sim.actors.client_shard import ClientShard
+from fedvlr_sim.actors.parameter_server import ParameterServer
+from fedvlr_sim.actors.scheduler import Scheduler
+from fedvlr_sim.config import RunConfig
+from fedvlr_sim.engine.federation import shard_users
+from fedvlr_sim.engine.simulation import features_of, problem_of
+from fedvlr_sim.errors import FedVLRError
+
+
+@contextlib.contextmanager
+def ray_session(address: str = "", dashboard: bool = False):
+    """Join `address` (or `auto`), or start a quiet private local instance shut down on exit.
+
+    A session that is already initialised in this process is reused and left running."""
+    if ray.is_initialized():
+        yield
+        return
+    started = not address
+    if started:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # a private single-user instance
+    try:
+        ray.init(address=address or "local", include_dashboard=dashboard if started else None,
+                 logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
+    except Exception as err:  # ray raises ConnectionError, RuntimeError, ValueError... by version
+        where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FedVLRError(f"--address: could not start or join {where}: {message}") from None
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+class RayRun:
+    """One run's actors: a ParameterServer, ClientShards and the Scheduler that drives them."""
+
+    def __init__(self, cfg: RunConfig, dataset, run_dir: Path, resume: Path | None = None):
+        resources = ray.cluster_resources()
+        problem = problem_of(dataset)
+        vision, text = features_of(dataset, cfg)
+        tag = f"{Path(run_dir).name}-{uuid.uuid4().hex[:6]}"
+        use_gpu = resources.get("GPU", 0) >= 1
+        self.server = ParameterServer.options(name=f"fedvlr-parameter-server-{tag}", num_gpus=1 if use_gpu else 0).remote(
+            cfg, dataset.n_items, vision, text)
+        n_views, width, self.server_device = ray.get(self.server.shape.remote())
+        n_shards = cfg.shards or max(1, int(resources.get("CPU", 1)))
+        if int(resources.get("CPU", 0)) < 1:
+            raise FedVLRError("--address: the Ray cluster has no CPU to place a client shard on")
+        self.shard_users = shard_users(problem.n_users, n_shards)
+        self.shards = [
+            ClientShard.options(name=f"fedvlr-shard-{i}-{tag}", max_restarts=3, max_task_retries=0).remote(
+                cfg, problem.data.subset(users), problem.n_items, n_views, width)
+            for i, users in enumerate(self.shard_users)]
+        self.scheduler = Scheduler.options(name=f"fedvlr-scheduler-{tag}").remote(
+            cfg, problem, self.server, self.shards, self.shard_users, str(run_dir), str(resume) if resume else None)
+        self._result = None
+        self._seen = 0
+
+    def start(self) -> "RayRun":
+        self._result = self.scheduler.run.remote()
+        return self
+
+    def poll(self) -> list[dict]:
+        """Round records produced since the last poll."""
+        records = ray.get(self.scheduler.progress.remote(self._seen))
+        self._seen += len(records)
+        return records
+
+    def wait(self, on_round: Callable[[dict], None] = lambda r: None, interval: float = 0.3) -> dict:
+        """Follow the run to its end, reporting each round; return the summary."""
+        if self._result is None:
+            self.start()
+        while True:
+            done, _ = ray.wait([self._result], timeout=interval)
+            for record in self.poll():
+                on_round(record)
+            if done:
+                summary = ray.get(self._result)
+                summary["shards"] = len(self.shards)
+                summary["server_device"] = self.server_device
+                return summary
+
+    def close(self) -> None:
+        for actor in [self.scheduler, self.server, *self.shards]:
+            ray.kill(actor)
+
+
+def run_on_ray(cfg: RunConfig, dataset, run_dir: Path, on_round: Callable[[dict], None],
+               resume: Path | None = None) -> dict:
+    """Run a federation on Ray (joining `cfg.address` or a private local instance)."""
+    with ray_session(cfg.address):
+        run = RayRun(cfg, dataset, run_dir, resume)
+        try:
+            return run.wait(on_round)
+        finally:
+            run.close()

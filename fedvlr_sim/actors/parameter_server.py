@@ -1,0 +1,75 @@
+"""The ParameterServer actor: fusion operators and the server step, on GPU when there is one."""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+import torch
+
+from fedvlr_sim.config import RunConfig
+from fedvlr_sim.engine.client import Upload
+from fedvlr_sim.engine.server import Server
+
+
+def to_numpy(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Globals as numpy arrays, which Ray's object store shares zero-copy with readers."""
+    return {k: v.detach().cpu().numpy() for k, v in tensors.items()}
+
+
+@ray.remote(num_cpus=0)
+class ParameterServer:
+    """Wraps an engine `Server`; each round it puts the views in the object store once."""
+
+    def __init__(self, cfg: RunConfig, n_items: int, vision, text):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.server = Server(cfg, n_items, vision, text, device=device)
+        self.bytes_put = 0
+
+    def shape(self) -> tuple[int, int, str]:
+        """(number of views, view width, device)."""
+        return self.server.n_views, self.server.width, str(self.server.device)
+
+    def _put(self, tensors: dict[str, torch.Tensor]) -> list[ray.ObjectRef]:
+        arrays = to_numpy(tensors)
+        self.bytes_put = sum(a.nbytes for a in arrays.values())
+        return [ray.put(arrays)]   # wrapped in a list so the caller receives the reference
+
+    def publish(self) -> list[ray.ObjectRef]:
+        return self._put(self.server.publish())
+
+    def altered_globals(self, modality: str) -> list[ray.ObjectRef]:
+        return self._put(self.server.altered_globals(modality))
+
+    def apply(self, upload: Upload) -> float:
+        return self.server.apply(upload)
+
+    def last_bytes_put(self) -> int:
+        return self.bytes_put
+
+    def full_state(self) -> dict:
+        return self.server.full_state()
+
+    def load_full_state(self, state: dict) -> None:
+        self.server.load_full_state(state)
+
+
+class ServerProxy:
+    """The engine-facing side of a ParameterServer actor (same methods as `Server`)."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def publish(self):
+        return ray.get(self.actor.publish.remote())[0]
+
+    def altered_globals(self, modality: str):
+        return ray.get(self.actor.altered_globals.remote(modality))[0]
+
+    def apply(self, upload: Upload) -> float:
+        return ray.get(self.actor.apply.remote(upload))
+
+    def full_state(self) -> dict:
+        return ray.get(self.actor.full_state.remote())
+
+    def load_full_state(self, state: dict) -> None:
+        ray.get(self.actor.load_full_state.remote(state))

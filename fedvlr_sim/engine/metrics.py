@@ -1,0 +1,48 @@
+"""Ranking metrics, reference rankings and the Spearman correlation (SPEC.md section 6)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+CUTOFFS = (10, 20, 50)
+
+
+def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
+    """HR@K and NDCG@K averaged over users, for K in 10, 20, 50; rank 0 is the top.
+
+    HR@K = 1 if rank < K; NDCG@K = 1 / log2(rank + 2) if rank < K, else 0 (one held-out item)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out = {}
+    for k in CUTOFFS:
+        hit = ranks < k
+        out[f"hr@{k}"] = float(hit.mean()) if len(ranks) else float("nan")
+        out[f"ndcg@{k}"] = float((hit / np.log2(ranks + 2)).mean()) if len(ranks) else float("nan")
+    return out
+
+
+def reference_scores(train_item_counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores of the two reference rankings, as total orders (ties broken by lower item id):
+    `popularity` (train interactions per item) and `cold_first` (items never seen in train
+    first, then by popularity)."""
+    counts = np.asarray(train_item_counts, dtype=np.float64)
+    tie_break = -np.arange(len(counts)) / (len(counts) + 1.0)
+    popularity = counts + tie_break
+    cold_first = popularity + (counts == 0) * (counts.max() + 1.0)
+    return {"popularity": popularity, "cold_first": cold_first}
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); nan when either side is constant."""
+    rx, ry = _average_ranks(np.asarray(x, float)), _average_ranks(np.asarray(y, float))
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    unique, inverse = np.unique(values, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / np.bincount(inverse))[inverse]

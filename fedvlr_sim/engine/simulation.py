@@ -1,0 +1,52 @@
+"""Assemble an in-process federation (`--backend local`) from a dataset and a config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from fedvlr_sim.config import RunConfig
+from fedvlr_sim.engine.client import ClientPopulation
+from fedvlr_sim.engine.federation import Federation, LocalPool, Problem, shard_users
+from fedvlr_sim.engine.server import Server
+from fedvlr_sim.engine.userdata import UserData
+from fedvlr_sim.errors import FedVLRError
+
+
+def problem_of(dataset) -> Problem:
+    """The engine's view of a loaded dataset (see fedvlr_sim.datasets.Dataset)."""
+    data = UserData.from_interactions(dataset.n_users, dataset.user, dataset.item, dataset.split)
+    return Problem(dataset.name, dataset.n_users, dataset.n_items, data, dataset.planted_weights)
+
+
+def features_of(dataset, cfg: RunConfig) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The vision and text features a variant needs, or a clear error when they are missing."""
+    if not cfg.uses_features:
+        return None, None
+    if dataset.vision is None or dataset.text is None:
+        raise FedVLRError(
+            f"--variant {cfg.variant} needs item features but dataset {dataset.name!r} has none: "
+            f"run `fedvlr-sim features --dataset {dataset.name}` first (or use --variant none)")
+    return torch.from_numpy(np.asarray(dataset.vision, np.float32)), torch.from_numpy(np.asarray(dataset.text, np.float32))
+
+
+def make_server(cfg: RunConfig, dataset, device: str = "cpu") -> Server:
+    vision, text = features_of(dataset, cfg)
+    return Server(cfg, dataset.n_items, vision, text, device=device)
+
+
+def make_populations(cfg: RunConfig, problem: Problem, n_views: int, width: int, n_shards: int) -> list[ClientPopulation]:
+    return [ClientPopulation(cfg, problem.data.subset(users), problem.n_items, n_views, width)
+            for users in shard_users(problem.n_users, n_shards)]
+
+
+def local_federation(cfg: RunConfig, dataset, run_dir: Path | None = None,
+                     on_round: Callable[[dict], None] | None = None, n_shards: int = 1) -> Federation:
+    """A federation whose server and client shards all live in this process."""
+    problem = problem_of(dataset)
+    server = make_server(cfg, dataset)
+    pool = LocalPool(make_populations(cfg, problem, server.n_views, server.width, n_shards), problem.n_users)
+    return Federation(cfg, problem, server, pool, run_dir, on_round)

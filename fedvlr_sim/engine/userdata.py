@@ -1,0 +1,71 @@
+"""Per-user interaction data in the form the engine uses: train sets as CSR, held-out items."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class UserData:
+    """Items of a set of users: train history as CSR, one valid and one test item each."""
+
+    users: np.ndarray          # global user ids (int64, sorted)
+    train_ptr: np.ndarray      # (U + 1,) offsets into train_items
+    train_items: np.ndarray    # concatenated train items per user, each user's a sorted set
+    valid: np.ndarray          # (U,)
+    test: np.ndarray           # (U,)
+
+    @classmethod
+    def from_interactions(cls, n_users: int, user: np.ndarray, item: np.ndarray, split: np.ndarray) -> "UserData":
+        """Build from interaction columns (split 0 train, 1 valid, 2 test; one valid and one test
+        row per user). Repeated train interactions with the same item count once."""
+        train = split == 0
+        pairs = np.unique(np.stack([user[train], item[train]], axis=1).astype(np.int64), axis=0)
+        ptr = np.zeros(n_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pairs[:, 0], minlength=n_users), out=ptr[1:])
+        held_out = {}
+        for code, name in ((1, "valid"), (2, "test")):
+            rows = split == code
+            target = np.full(n_users, -1, dtype=np.int64)
+            target[user[rows]] = item[rows]
+            held_out[name] = target
+        return cls(np.arange(n_users, dtype=np.int64), ptr, pairs[:, 1].copy(), held_out["valid"], held_out["test"])
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return np.diff(self.train_ptr)
+
+    def subset(self, rows: np.ndarray) -> "UserData":
+        """The data of local rows `rows` (sorted), as a new UserData."""
+        counts = self.train_counts[rows]
+        ptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(counts, out=ptr[1:])
+        starts = np.repeat(self.train_ptr[rows] - ptr[:-1], counts)
+        items = self.train_items[starts + np.arange(ptr[-1])]
+        return UserData(self.users[rows], ptr, items, self.valid[rows], self.test[rows])
+
+    def padded_history(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train items of local rows `rows`, padded with item 0: (items (n, T), mask (n, T))."""
+        counts = self.train_counts[rows]
+        width = max(1, int(counts.max()))
+        pos = np.arange(width)[None, :]
+        mask = pos < counts[:, None]
+        index = np.where(mask, self.train_ptr[rows][:, None] + pos, 0)
+        items = np.where(mask, self.train_items[np.minimum(index, len(self.train_items) - 1)], 0)
+        return torch.from_numpy(items.astype(np.int64)), torch.from_numpy(mask.astype(np.float32))
+
+    def rank_targets(self, rows: np.ndarray, scores: torch.Tensor, split: str) -> np.ndarray:
+        """Rank (0 = top) of each row's held-out item among all items: train items are masked
+        (and the valid item at test time), the target itself never is; ties count against."""
+        hist, hist_mask = self.padded_history(rows)
+        target = torch.from_numpy((self.valid if split == "valid" else self.test)[rows])
+        excluded = torch.zeros(scores.shape, dtype=torch.bool)
+        excluded.scatter_(1, hist, hist_mask.bool())
+        if split == "test":
+            excluded.scatter_(1, torch.from_numpy(self.valid[rows])[:, None], True)
+        excluded.scatter_(1, target[:, None], False)
+        masked = scores.masked_fill(excluded, float("-inf"))
+        return ((masked >= masked.gather(1, target[:, None])).sum(dim=1) - 1).numpy()
