@@ -10,6 +10,7 @@ import ray
 import torch
 
 from fedvlr_sim.config import RunConfig
+from fedvlr_sim.engine.resources import peak_rss_bytes
 from fedvlr_sim.engine import checkpoint
 from fedvlr_sim.engine.client import ClientPopulation, Upload
 from fedvlr_sim.engine.userdata import UserData
@@ -53,6 +54,5 @@ class ClientShard:
     def load(self, folder: str) -> None:
         self.population.load_state_dict(checkpoint.load_users_state(Path(folder), self.population.data.users))
 
-    def pid(self) -> int:
-        import os
-        return os.getpid()
+    def peak_rss_bytes(self) -> int:
+        return peak_rss_bytes()

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -46,28 +47,44 @@ def ray_session(address: str = "", dashboard: bool = False):
             ray.shutdown()
 
 
+@dataclass
+class Placement:
+    """The actors of one run, before any Scheduler drives them."""
+
+    server: object
+    shards: list
+    shard_users: list
+    server_device: str
+
+
+def place_actors(cfg: RunConfig, dataset, problem, tag: str) -> Placement:
+    """A ParameterServer (on a GPU when the cluster has one) and one ClientShard per CPU (or
+    `cfg.shards`), each owning a contiguous slice of users."""
+    resources = ray.cluster_resources()
+    if int(resources.get("CPU", 0)) < 1:
+        raise FedVLRError("--address: the Ray cluster has no CPU to place a client shard on")
+    vision, text = features_of(dataset, cfg)
+    use_gpu = resources.get("GPU", 0) >= 1
+    server = ParameterServer.options(name=f"fedvlr-parameter-server-{tag}", num_gpus=1 if use_gpu else 0).remote(
+        cfg, dataset.n_items, vision, text)
+    n_views, width, device = ray.get(server.shape.remote())
+    users = shard_users(problem.n_users, cfg.shards or int(resources["CPU"]))
+    shards = [ClientShard.options(name=f"fedvlr-shard-{i}-{tag}", max_restarts=3, max_task_retries=0).remote(
+                  cfg, problem.data.subset(mine), problem.n_items, n_views, width)
+              for i, mine in enumerate(users)]
+    return Placement(server, shards, users, device)
+
+
 class RayRun:
     """One run's actors: a ParameterServer, ClientShards and the Scheduler that drives them."""
 
     def __init__(self, cfg: RunConfig, dataset, run_dir: Path, resume: Path | None = None):
-        resources = ray.cluster_resources()
         problem = problem_of(dataset)
-        vision, text = features_of(dataset, cfg)
         tag = f"{Path(run_dir).name}-{uuid.uuid4().hex[:6]}"
-        use_gpu = resources.get("GPU", 0) >= 1
-        self.server = ParameterServer.options(name=f"fedvlr-parameter-server-{tag}", num_gpus=1 if use_gpu else 0).remote(
-            cfg, dataset.n_items, vision, text)
-        n_views, width, self.server_device = ray.get(self.server.shape.remote())
-        n_shards = cfg.shards or max(1, int(resources.get("CPU", 1)))
-        if int(resources.get("CPU", 0)) < 1:
-            raise FedVLRError("--address: the Ray cluster has no CPU to place a client shard on")
-        self.shard_users = shard_users(problem.n_users, n_shards)
-        self.shards = [
-            ClientShard.options(name=f"fedvlr-shard-{i}-{tag}", max_restarts=3, max_task_retries=0).remote(
-                cfg, problem.data.subset(users), problem.n_items, n_views, width)
-            for i, users in enumerate(self.shard_users)]
+        placed = place_actors(cfg, dataset, problem, tag)
+        self.server, self.shards, self.server_device = placed.server, placed.shards, placed.server_device
         self.scheduler = Scheduler.options(name=f"fedvlr-scheduler-{tag}").remote(
-            cfg, problem, self.server, self.shards, self.shard_users, str(run_dir), str(resume) if resume else None)
+            cfg, problem, self.server, self.shards, placed.shard_users, str(run_dir), str(resume) if resume else None)
         self._result = None
         self._seen = 0
 
@@ -82,7 +99,8 @@ class RayRun:
         return records
 
     def wait(self, on_round: Callable[[dict], None] = lambda r: None, interval: float = 0.3) -> dict:
-        """Follow the run to its end, reporting each round; return the summary."""
+        """Follow the run to its end, reporting each round; return its outcome
+        (`Federation.outcome()`: summary, history, router weights)."""
         if self._result is None:
             self.start()
         while True:
@@ -90,10 +108,9 @@ class RayRun:
             for record in self.poll():
                 on_round(record)
             if done:
-                summary = ray.get(self._result)
-                summary["shards"] = len(self.shards)
-                summary["server_device"] = self.server_device
-                return summary
+                outcome = ray.get(self._result)
+                outcome["summary"] |= {"shards": len(self.shards), "server_device": self.server_device}
+                return outcome
 
     def close(self) -> None:
         for actor in [self.scheduler, self.server, *self.shards]:
@@ -102,7 +119,8 @@ class RayRun:
 
 def run_on_ray(cfg: RunConfig, dataset, run_dir: Path, on_round: Callable[[dict], None],
                resume: Path | None = None) -> dict:
-    """Run a federation on Ray (joining `cfg.address` or a private local instance)."""
+    """Run a federation on Ray (joining `cfg.address` or a private local instance); return its
+    outcome (summary, history, router weights)."""
     with ray_session(cfg.address):
         run = RayRun(cfg, dataset, run_dir, resume)
         try:

@@ -7,6 +7,7 @@ import ray
 import torch
 
 from fedvlr_sim.config import RunConfig
+from fedvlr_sim.engine.resources import peak_rss_bytes
 from fedvlr_sim.engine.client import Upload
 from fedvlr_sim.engine.server import Server
 
@@ -45,6 +46,9 @@ class ParameterServer:
 
     def last_bytes_put(self) -> int:
         return self.bytes_put
+
+    def peak_rss_bytes(self) -> int:
+        return peak_rss_bytes()
 
     def full_state(self) -> dict:
         return self.server.full_state()

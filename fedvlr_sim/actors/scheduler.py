@@ -134,9 +134,10 @@ class Scheduler:
             fed.save_checkpoint()
         while True:
             try:
-                summary = fed.run()
-                summary["recoveries"] = self.recoveries
-                return summary
+                fed.run()
+                outcome = fed.outcome()
+                outcome["summary"]["recoveries"] = self.recoveries
+                return outcome
             except SHARD_FAILURES:
                 folder = checkpoint.latest(self.run_dir)
                 if self.recoveries >= MAX_RECOVERIES or folder is None:

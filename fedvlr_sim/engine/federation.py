@@ -218,6 +218,11 @@ class Federation:
             out["modality_spearman"] = best["modality_spearman"]
         return out
 
+    def outcome(self) -> dict:
+        """Everything a results folder needs: the summary, per-round records, router weights."""
+        return {"summary": self.summary(), "history": self.state["history"],
+                "router_weights": self.state["router_weights"]}
+
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
         tmp = checkpoint.begin(self.run_dir)

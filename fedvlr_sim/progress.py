@@ -1,0 +1,31 @@
+"""A live terminal progress bar for a run: round, loss, client updates per second, valid HR@50."""
+
+from __future__ import annotations
+
+import contextlib
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+@contextlib.contextmanager
+def round_progress(total_rounds: int, label: str, start_round: int = 0):
+    """Yield a callback that advances the bar by one round record."""
+    console = Console(stderr=True)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as bar:
+        task = bar.add_task(label, total=total_rounds, completed=start_round, status="")
+        best = {"hr": None}
+
+        def on_round(record: dict) -> None:
+            if "valid_hr@50" in record:
+                best["hr"] = record["valid_hr@50"]
+            status = f"loss {record['loss']:.4f}  {record['updates_per_second']:.0f} clients/s"
+            if best["hr"] is not None:
+                status += f"  valid HR@50 {best['hr']:.4f}"
+            bar.update(task, completed=record["round"], status=status)
+            if not console.is_terminal:
+                console.print(f"round {record['round']}/{total_rounds}  {status}")
+
+        yield on_round
