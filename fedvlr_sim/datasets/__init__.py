@@ -1,0 +1,17 @@
+"""Datasets: raw-format loaders, the canonical on-disk form, CLIP features, synthetic worlds."""
+
+from fedvlr_sim.datasets.dataset import Dataset, dataset_summary
+from fedvlr_sim.datasets.prepare import prepare_dataset
+from fedvlr_sim.datasets.registry import KNOWN_DATASETS, DatasetInfo, list_datasets, load_dataset
+from fedvlr_sim.datasets.synthetic import PRESETS as SYNTHETIC_PRESETS
+
+__all__ = [
+    "KNOWN_DATASETS",
+    "SYNTHETIC_PRESETS",
+    "Dataset",
+    "DatasetInfo",
+    "dataset_summary",
+    "list_datasets",
+    "load_dataset",
+    "prepare_dataset",
+]
