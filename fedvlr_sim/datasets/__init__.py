@@ -1,6 +1,7 @@
 """Datasets: raw-format loaders, the canonical on-disk form, CLIP features, synthetic worlds."""
 
 from fedvlr_sim.datasets.dataset import Dataset, dataset_summary
+from fedvlr_sim.datasets.features import extract_features
 from fedvlr_sim.datasets.prepare import prepare_dataset
 from fedvlr_sim.datasets.registry import KNOWN_DATASETS, DatasetInfo, list_datasets, load_dataset
 from fedvlr_sim.datasets.synthetic import PRESETS as SYNTHETIC_PRESETS
@@ -11,6 +12,7 @@ __all__ = [
     "Dataset",
     "DatasetInfo",
     "dataset_summary",
+    "extract_features",
     "list_datasets",
     "load_dataset",
     "prepare_dataset",
