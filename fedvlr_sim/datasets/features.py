@@ -45,8 +45,8 @@ def extract_features(
     titles, paths = items["title"].to_list(), items["image_path"].to_list()
     if all(t is None for t in titles) and all(p is None for p in paths):
         raise FedVLRError(
-            f"{folder / ITEMS}: no item has a title or an image path, so there is nothing to embed "
-            f"(features of MMRec folders come with the folder)"
+            f"{folder / ITEMS}: no item has a title or an image path, so there is nothing to embed; "
+            f"prepare it again from raw files with titles or images (MMRec folders bring their own features)"
         )
     clip, preprocess, tokenizer = _load_clip(model, pretrained, device)
     signature = {"model": model, "pretrained": None if pretrained is None else str(pretrained),
@@ -162,7 +162,7 @@ def _load_clip(model: str, pretrained: str | None, device: str):
         clip, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(model)
     except (RuntimeError, OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0][:200]
+        reason = str(exc).strip().splitlines()[0].split(". ")[0][:200]  # the first sentence
         raise FedVLRError(
             f"--model {model} --pretrained {pretrained}: cannot load CLIP ({reason}); "
             f"pass --pretrained PATH to a local weights file when offline"
