@@ -78,7 +78,7 @@ class RunConfig:
         if not 0 < self.sample_ratio <= 1:
             raise FedVLRError(f"--sample-ratio must be in (0, 1], got {self.sample_ratio}")
         for name in ("dp_clip", "dp_noise", "fedrap_lambda", "fedrap_mu", "shards", "checkpoint_every"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:
                 raise FedVLRError(f"--{_dash(name)} must be >= 0, got {getattr(self, name)}")
         if self.dp_noise > 0 and self.dp_clip == 0:
             raise FedVLRError("--dp-noise needs --dp-clip > 0 (noise is scaled by the clipping norm)")
@@ -87,7 +87,7 @@ class RunConfig:
             raise FedVLRError(f"ablation: unknown modality {sorted(unknown)[0]!r} (expected one of {', '.join(MODALITIES)})")
         self.ablation = {m: self.ablation.get(m, "keep") for m in MODALITIES}
         for modality, how in self.ablation.items():
-            _choice(f"--{'drop' if how == 'drop' else 'noise'} {modality}", how, ABLATIONS)
+            _choice(f"ablation of {modality}", how, ABLATIONS)
         if any(how != "keep" for how in self.ablation.values()):
             if self.variant == "none":
                 raise FedVLRError("--drop/--noise need a fusion variant (--variant ours|mlp|sum|gate|vbpr), not 'none'")

@@ -28,14 +28,13 @@ LOCAL_NAME_PARTS = ("router", "head", "user", "table", "seen")
 # --------------------------------------------------------------------------- data and configs
 def make_dataset(n_users: int = 12, n_items: int = 30, feat_dim: int = 12, min_train: int = 3,
                  max_train: int = 8, seed: int = 0, name: str = "tiny", n_cold: int = 3,
-                 train_item0: bool = False) -> types.SimpleNamespace:
+                 train_item0: bool = True) -> types.SimpleNamespace:
     """A random leave-one-out dataset in the form `problem_of` / `local_federation` accept.
 
     Every user has `min_train..max_train` distinct train items, one valid and one test item
     (neither among its train items). The last `n_cold` items never occur in train (cold
-    items, used only as held-out items). Item 0 is kept out of train histories unless
-    `train_item0` (see test_engine_metrics.py: the engine mishandles padded item-0 histories,
-    which would otherwise leak into unrelated tests). Features are L2-normalised Gaussians.
+    items, used only as held-out items). With `train_item0=False`, item 0 never occurs in
+    train histories. Features are L2-normalised Gaussians.
     """
     rng = np.random.default_rng(seed)
     first = 0 if train_item0 else 1

@@ -113,9 +113,6 @@ def test_sampling_draws_ceil_ratio_times_n_distinct_users(n, ratio):
         assert users.min() >= 0 and users.max() < n
 
 
-@pytest.mark.xfail(strict=True, reason="sample_clients computes math.ceil(ratio * n_users) in floating "
-                   "point: 0.07 * 100 = 7.000000000000001, so 8 clients are drawn instead of 7 "
-                   "(federation.py, sample_clients)")
 @pytest.mark.parametrize("n,ratio,expected", [(100, 0.07, 7), (100, 0.14, 14), (50, 0.14, 7)])
 def test_sampling_exact_fractions_draw_exactly_that_many_users(n, ratio, expected):
     assert len(sample_clients(0, 1, n, ratio)) == expected
@@ -153,9 +150,6 @@ def test_federation_round_trains_exactly_the_sampled_clients(dataset, baseline_r
     assert not torch.equal(state["head.w"][sampled], initial["head.w"][sampled])
 
 
-@pytest.mark.xfail(strict=True, reason="padded scatter_ in ClientPopulation.negatives and "
-                   "UserData.rank_targets un-marks item 0 for padded users who trained on it, so "
-                   "negatives and masks (and the result) change with the chunk's padding width")
 def test_result_does_not_depend_on_chunking_when_users_trained_on_item_zero():
     ds = make_dataset(n_users=14, n_items=24, min_train=2, max_train=9, seed=8, train_item0=True)
     train = ds.split == 0

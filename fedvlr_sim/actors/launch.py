@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -70,7 +71,7 @@ def place_actors(cfg: RunConfig, dataset, problem, tag: str) -> Placement:
     n_views, width, device = ray.get(server.shape.remote())
     users = shard_users(problem.n_users, cfg.shards or int(resources["CPU"]))
     shards = [ClientShard.options(name=f"fedvlr-shard-{i}-{tag}", max_restarts=3, max_task_retries=0).remote(
-                  cfg, problem.data.subset(mine), problem.n_items, n_views, width)
+                  cfg, int(mine[0]), int(mine[-1]) + 1, n_views, width)
               for i, mine in enumerate(users)]
     return Placement(server, shards, users, device)
 
@@ -80,7 +81,9 @@ class RayRun:
 
     def __init__(self, cfg: RunConfig, dataset, run_dir: Path, resume: Path | None = None):
         problem = problem_of(dataset)
-        tag = f"{Path(run_dir).name}-{uuid.uuid4().hex[:6]}"
+        cfg = dataclasses.replace(cfg, data_dir=str(Path(cfg.data_dir).resolve()))   # actors' cwd differs
+        run_dir = Path(run_dir).resolve()
+        tag = f"{run_dir.name}-{uuid.uuid4().hex[:6]}"
         placed = place_actors(cfg, dataset, problem, tag)
         self.server, self.shards, self.server_device = placed.server, placed.shards, placed.server_device
         self.scheduler = Scheduler.options(name=f"fedvlr-scheduler-{tag}").remote(

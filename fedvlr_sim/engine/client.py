@@ -11,7 +11,7 @@ length to bound memory and padding; the chunking never changes a user's result.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,12 +31,11 @@ class Upload:
     weight: float                       # sum of alpha_u
     loss_sum: float                     # sum over users of their mean local loss
     n_users: int
-    norms: list = field(default_factory=list)  # per-user upload norms before clipping (DP only)
 
     def __add__(self, other: "Upload") -> "Upload":
         grads = {k: self.grads[k] + other.grads[k] for k in self.grads}
         return Upload(grads, self.weight + other.weight, self.loss_sum + other.loss_sum,
-                      self.n_users + other.n_users, self.norms + other.norms)
+                      self.n_users + other.n_users)
 
     def mean_gradient(self) -> dict[str, torch.Tensor]:
         """g = sum_u alpha_u g_u / sum_u alpha_u."""
@@ -106,9 +105,7 @@ class ClientPopulation:
         cfg = self.cfg
         n, width = hist.shape
         epochs, r = cfg.local_epochs, cfg.neg_ratio
-        interacted = torch.zeros(n, self.n_items, dtype=torch.bool)
-        interacted.scatter_(1, hist, hist_mask.bool())
-        free_cumsum = torch.cumsum(~interacted, dim=1)
+        free_cumsum = torch.cumsum(~self.data.train_matrix(rows, self.n_items), dim=1)
         n_free = free_cumsum[:, -1:].double()
         counters = (np.arange(epochs)[:, None, None] << 40) | (np.arange(width)[None, :, None] << 8) | np.arange(r)
         u = torch.from_numpy(uniform(cfg.seed, Stream.NEGATIVES, round_idx, self.data.users[rows], counters.ravel()))
@@ -158,6 +155,9 @@ class ClientPopulation:
         steps = -(-hist.shape[1] // per_batch)
         loss_sum = torch.zeros(n)
         loss_steps = torch.zeros(n)
+        # PFedRec's personal table is the client's own copy of the item representation: with
+        # global_update=local that copy is the stepped globals, so the offset stays at zero.
+        frozen = {"table"} if cfg.backbone == "pfedrec" and cfg.global_update == "local" else set()
         local_names, glob_names = list(local), list(glob_in)
         for epoch in range(cfg.local_epochs):
             for step in range(steps):
@@ -171,20 +171,20 @@ class ClientPopulation:
                                             allow_unused=True)
                 with torch.no_grad():
                     for name, grad in zip(local_names, grads[:len(local_names)]):
-                        if grad is not None:
-                            local[name] -= cfg.lr * grad / _expand(scale, grad)
+                        if grad is not None and name not in frozen:   # SGD on the user's own loss
+                            local[name].addcdiv_(grad, _expand(scale, grad), value=-cfg.lr)
                     for name, grad in zip(glob_names, grads[len(local_names):]):
                         if grad is None:
                             continue
                         accumulated[name] += grad
                         if cfg.global_update == "local":
-                            glob_in[name] -= cfg.lr * grad
+                            glob_in[name].add_(grad, alpha=-cfg.lr)
                 active = (mask.sum(dim=1) > 0).float()
                 loss_sum += losses.detach() * active
                 loss_steps += active
         if self.copies_globals:
             accumulated = self._privatise(round_idx, rows, accumulated, alpha)
-        self._store_chunk(rows, local, glob, hist, hist_mask)
+        self._store_chunk(rows, local, glob_in if cfg.global_update == "local" else glob, hist, hist_mask)
         user_losses = loss_sum / loss_steps.clamp_min(1)
         return Upload(accumulated, float(alpha.sum()), float(user_losses.sum()), n)
 
@@ -209,11 +209,13 @@ class ClientPopulation:
         return out
 
     def _store_chunk(self, rows, local, glob, hist, hist_mask) -> None:
-        """Write the chunk's trained local state back; PFedRec keeps its fine-tuned item table."""
+        """Write the chunk's trained local state back; PFedRec keeps its fine-tuned item table
+        (`glob` is what the users trained against: per-user copies with global_update=local)."""
         index = torch.from_numpy(rows)
         with torch.no_grad():
             if self.cfg.backbone == "pfedrec":
-                common = vmap(model.shared_item_reps, in_dims=(0, None, 0, 0))(local, glob, hist, hist_mask)
+                per_user = self.cfg.global_update == "local"
+                common = vmap(model.shared_item_reps, in_dims=(0, 0 if per_user else None, 0, 0))(local, glob, hist, hist_mask)
                 local["table"] = common + local["table"]
                 self.state["seen"][index] = True
             for name, value in local.items():

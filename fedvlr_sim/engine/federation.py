@@ -52,7 +52,8 @@ def sample_clients(seed: int, round_idx: int, n_users: int, ratio: float) -> np.
     if ratio >= 1.0:
         return np.arange(n_users)
     keys = uniform(seed, Stream.SAMPLE_CLIENTS, round_idx, np.arange(n_users), [0])[:, 0]
-    return np.sort(np.argsort(keys, kind="stable")[: math.ceil(ratio * n_users)])
+    n_sampled = math.ceil(round(ratio * n_users, 9))   # 0.07 * 100 is 7.000000000000001
+    return np.sort(np.argsort(keys, kind="stable")[:n_sampled])
 
 
 def shard_users(n_users: int, n_shards: int) -> list[np.ndarray]:

@@ -20,6 +20,11 @@ from fedvlr_sim.engine.fusion import Fusion
 MODALITY_NAMES = ("vision", "text", "id")
 
 
+def snapshot(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached CPU copies, which the server step can never change under the clients."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
+
+
 class Server(nn.Module):
     """Holds V, C, D, the operator parameters and the backbone's global tower (FedNCF)."""
 
@@ -56,13 +61,13 @@ class Server(nn.Module):
         """Compute the views for this round; return the global tensors (detached, on CPU)."""
         self._views = self.fusion()
         out = {"views": self._views} | self._tower_globals()
-        return {k: v.detach().cpu() for k, v in out.items()}
+        return snapshot(out)
 
     def altered_globals(self, modality: str) -> dict[str, torch.Tensor]:
         """The globals with one modality's input replaced by its mean (for reliance)."""
         with torch.no_grad():
             views = self.fusion(replace_by_mean=modality)
-        return {k: v.detach().cpu() for k, v in ({"views": views} | self._tower_globals()).items()}
+        return snapshot({"views": views} | self._tower_globals())
 
     def apply(self, upload: Upload) -> float:
         """Server step from the round's summed uploads; returns the mean-gradient norm."""

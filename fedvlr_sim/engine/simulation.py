@@ -19,6 +19,10 @@ from fedvlr_sim.errors import FedVLRError
 def problem_of(dataset) -> Problem:
     """The engine's view of a loaded dataset (see fedvlr_sim.datasets.Dataset)."""
     data = UserData.from_interactions(dataset.n_users, dataset.user, dataset.item, dataset.split)
+    saturated = np.flatnonzero(data.train_counts >= dataset.n_items)
+    if len(saturated):
+        raise FedVLRError(f"dataset {dataset.name!r}: user {saturated[0]} has every item in train, "
+                          "so no negative can be sampled (expected fewer train items than items)")
     return Problem(dataset.name, dataset.n_users, dataset.n_items, data, dataset.planted_weights)
 
 

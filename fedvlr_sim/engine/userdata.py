@@ -43,9 +43,13 @@ class UserData:
         counts = self.train_counts[rows]
         ptr = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(counts, out=ptr[1:])
-        starts = np.repeat(self.train_ptr[rows] - ptr[:-1], counts)
-        items = self.train_items[starts + np.arange(ptr[-1])]
-        return UserData(self.users[rows], ptr, items, self.valid[rows], self.test[rows])
+        return UserData(self.users[rows], ptr, self._train_items_of(rows), self.valid[rows], self.test[rows])
+
+    def _train_items_of(self, rows: np.ndarray) -> np.ndarray:
+        """The concatenated train items of `rows`, in row order."""
+        counts = self.train_counts[rows]
+        starts = np.repeat(self.train_ptr[rows] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        return self.train_items[starts + np.arange(counts.sum())]
 
     def padded_history(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Train items of local rows `rows`, padded with item 0: (items (n, T), mask (n, T))."""
@@ -57,13 +61,19 @@ class UserData:
         items = np.where(mask, self.train_items[np.minimum(index, len(self.train_items) - 1)], 0)
         return torch.from_numpy(items.astype(np.int64)), torch.from_numpy(mask.astype(np.float32))
 
+    def train_matrix(self, rows: np.ndarray, n_items: int) -> torch.Tensor:
+        """Boolean (n, n_items): True where row's user has the item in train (padding excluded)."""
+        owner = np.repeat(np.arange(len(rows)), self.train_counts[rows])
+        items = self._train_items_of(rows)
+        matrix = torch.zeros(len(rows), n_items, dtype=torch.bool)
+        matrix[torch.from_numpy(owner), torch.from_numpy(items)] = True
+        return matrix
+
     def rank_targets(self, rows: np.ndarray, scores: torch.Tensor, split: str) -> np.ndarray:
         """Rank (0 = top) of each row's held-out item among all items: train items are masked
         (and the valid item at test time), the target itself never is; ties count against."""
-        hist, hist_mask = self.padded_history(rows)
         target = torch.from_numpy((self.valid if split == "valid" else self.test)[rows])
-        excluded = torch.zeros(scores.shape, dtype=torch.bool)
-        excluded.scatter_(1, hist, hist_mask.bool())
+        excluded = self.train_matrix(rows, scores.shape[1])
         if split == "test":
             excluded.scatter_(1, torch.from_numpy(self.valid[rows])[:, None], True)
         excluded.scatter_(1, target[:, None], False)
