@@ -68,11 +68,13 @@ def main() -> None:
     parser.add_argument("--out", default="runs/experiments")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--server-optimizer", default="adam")
+    parser.add_argument("--server-lr", type=float, default=0.01)
     parser.add_argument("--doc", default="docs/results.md")
     args = parser.parse_args()
     out = Path(args.out)
     base = RunConfig(data_dir=args.data_dir, rounds=args.rounds, seed=args.seed, backend="local",
-                     checkpoint_every=0).validate()
+                     server_optimizer=args.server_optimizer, server_lr=args.server_lr, checkpoint_every=0).validate()
     sections = []
     for name, with_spearman in (("KU", False), ("synthetic:ku", True)):
         dataset = load_dataset(name, Path(args.data_dir), seed=args.seed)

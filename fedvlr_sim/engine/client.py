@@ -54,10 +54,9 @@ class ClientPopulation:
         self.bpr = cfg.variant == "vbpr"
         shapes = model.local_shapes(cfg.backbone, width, n_views, n_items,
                                     cfg.router_hidden if cfg.uses_router else None)
-        self.state = model.init_local(shapes, cfg.seed, data.users)
         self.table_dtype = table_dtype(cfg, len(data.users), n_items, width)
+        self.state = model.init_local(shapes, cfg.seed, data.users, self.table_dtype)
         if "table" in self.state:
-            self.state["table"] = self.state["table"].to(self.table_dtype)
             self.state["seen"] = torch.zeros(len(data.users), dtype=torch.bool)
         self.alpha = model.aggregation_weight(cfg.backbone, torch.from_numpy(data.train_counts))
 
@@ -147,8 +146,9 @@ class ClientPopulation:
         else:
             glob_in = {k: v.detach().requires_grad_() for k, v in glob.items()}
         accumulated = {k: torch.zeros_like(v) for k, v in glob_in.items()}
-        loss_fn = vmap(functools.partial(model.user_loss, cfg.backbone, self.bpr),
-                       in_dims=(0, 0 if self.copies_globals else None, 0, 0, 0, 0, 0, None, None))
+        glob_dim = 0 if self.copies_globals else None
+        weights_fn = vmap(model.router_weights, in_dims=(0, glob_dim, 0, 0))
+        loss_fn = vmap(functools.partial(model.user_loss, cfg.backbone, self.bpr), in_dims=(0, glob_dim, 0, 0, 0, 0))
         rap_weight = np.tanh(round_idx / 10.0)
         rap_lambda, rap_mu = cfg.fedrap_lambda * rap_weight, cfg.fedrap_mu * rap_weight
         per_batch = max(1, cfg.batch_size // cfg.neg_ratio)
@@ -165,7 +165,11 @@ class ClientPopulation:
                 pos = hist.gather(1, picked)
                 mask = hist_mask.gather(1, picked)
                 neg = negatives[:, epoch].gather(1, picked[..., None].expand(-1, -1, cfg.neg_ratio))
-                losses = loss_fn(local, glob_in, pos, neg, mask, hist, hist_mask, rap_lambda, rap_mu)
+                weights = weights_fn(local, glob_in, hist, hist_mask)
+                losses = loss_fn(local, glob_in, weights, pos, neg, mask)
+                active = (mask.sum(dim=1) > 0).float()
+                if cfg.backbone == "fedrap":
+                    losses = losses + active * model.rap_regulariser(local["table"], weights, glob_in["views"], rap_lambda, rap_mu)
                 scale = torch.ones_like(alpha) if self.copies_globals else alpha
                 grads = torch.autograd.grad((losses * scale).sum(), [*local.values(), *glob_in.values()],
                                             allow_unused=True)
@@ -179,7 +183,6 @@ class ClientPopulation:
                         accumulated[name] += grad
                         if cfg.global_update == "local":
                             glob_in[name].add_(grad, alpha=-cfg.lr)
-                active = (mask.sum(dim=1) > 0).float()
                 loss_sum += losses.detach() * active
                 loss_steps += active
         if self.copies_globals:

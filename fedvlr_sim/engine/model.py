@@ -1,9 +1,11 @@
 """The per-user mathematics of SPEC.md sections 2-3, written for ONE user.
 
-Every function here takes one user's local state (a dict of tensors without a user dimension),
-the global tensors (`views` of shape (G, I, w) and, for FedNCF, the tower), and that user's
-data. `ClientPopulation` vectorises them across users with `torch.func.vmap`, so the same code
-serves a whole shard at once, a plain per-user loop, and per-user copies of the globals.
+Every function here but one takes one user's local state (a dict of tensors without a user
+dimension), the global tensors (`views` of shape (G, I, w) and, for FedNCF, the tower), and that
+user's data. `ClientPopulation` vectorises them across users with `torch.func.vmap`, so the same
+code serves a whole shard at once, a plain per-user loop, and per-user copies of the globals.
+The exception is FedRAP's dense regulariser, `rap_regulariser`, written for a chunk of users
+with a hand-made backward because its |I| x w terms dominate FedRAP's cost.
 
 Backbones (score for item representation e, as logits; the loss applies the sigmoid):
   fedavg, pfedrec, fedrap: theta_u . e + b_u      fcf: p_u . e
@@ -49,17 +51,17 @@ def local_shapes(backbone: str, width: int, n_views: int, n_items: int, router_h
     return shapes
 
 
-def init_local(shapes: dict, seed: int, users: np.ndarray) -> dict[str, torch.Tensor]:
+def init_local(shapes: dict, seed: int, users: np.ndarray, table_dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Stacked initial local state for `users`; each user's values depend only on (seed, user).
 
     Router weights ~ N(0, 1/fan_in), user vectors and heads ~ N(0, 0.1^2), biases and personal
-    item tables start at zero.
+    item tables (stored as `table_dtype`) start at zero.
     """
     state = {}
     for index, (name, shape) in enumerate(sorted(shapes.items())):
         size = int(np.prod(shape)) if shape else 1
         if name.endswith((".b", ".b1", ".b2")) or name == "table":
-            state[name] = torch.zeros((len(users), *shape))
+            state[name] = torch.zeros((len(users), *shape), dtype=table_dtype if name == "table" else torch.float32)
             continue
         std = 1.0 / math.sqrt(shape[0]) if name.startswith("router") else USER_INIT_STD
         state[name] = normal(seed, Stream.INIT_LOCAL, index, users, size).reshape((len(users), *shape)) * std
@@ -83,12 +85,9 @@ def mixing_weights(local: dict, views: torch.Tensor, hist: torch.Tensor, hist_ma
     return torch.softmax(hidden @ local["router.w2"] + local["router.b2"], dim=-1)
 
 
-def shared_rep(glob: dict, items: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """The (possibly router-personalised) global representation of `items`, shape (*items, w)."""
-    rows = glob["views"][:, items]
-    if weights is None:
-        return rows[0]
-    return torch.tensordot(weights, rows, dims=1)
+def shared_rep(glob: dict, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The user's mixture of the views for `items`, shape (*items, w)."""
+    return torch.tensordot(weights, glob["views"][:, items], dims=1)
 
 
 def logits(backbone: str, local: dict, glob: dict, e: torch.Tensor) -> torch.Tensor:
@@ -113,40 +112,60 @@ def personal_rep(backbone: str, local: dict, glob: dict, items: torch.Tensor, we
     return e
 
 
-def user_loss(backbone: str, bpr: bool, local: dict, glob: dict, pos: torch.Tensor, neg: torch.Tensor,
-              mask: torch.Tensor, hist: torch.Tensor, hist_mask: torch.Tensor,
-              rap_lambda: float, rap_mu: float) -> torch.Tensor:
+def user_loss(backbone: str, bpr: bool, local: dict, glob: dict, weights: torch.Tensor, pos: torch.Tensor,
+              neg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """One user's minibatch loss: mean pointwise BCE over positives and their negatives (or mean
-    BPR over (positive, negative) pairs); FedRAP adds its curriculum-weighted regularisers.
-    pos (B,), neg (B, r), mask (B,) marks real rows; a user with no rows has loss 0."""
-    weights = mixing_weights(local, glob["views"], hist, hist_mask) if "router.w1" in local else None
+    BPR over (positive, negative) pairs). `weights` (G,) mix the views (the router's output, or
+    [1.0] for a single view). pos (B,), neg (B, r), mask (B,) marks real rows; no rows, loss 0.
+    FedRAP's regulariser is added per chunk by `rap_regulariser`."""
     score_pos = logits(backbone, local, glob, personal_rep(backbone, local, glob, pos, weights))
     score_neg = logits(backbone, local, glob, personal_rep(backbone, local, glob, neg, weights))
     n_rows = mask.sum()
     if bpr:
         per_row = F.softplus(score_neg - score_pos[:, None]).sum(dim=1)
-        loss = (per_row * mask).sum() / (n_rows * neg.shape[1]).clamp_min(1.0)
-    else:
-        per_row = F.softplus(-score_pos) + F.softplus(score_neg).sum(dim=1)
-        loss = (per_row * mask).sum() / (n_rows * (1 + neg.shape[1])).clamp_min(1.0)
-    if backbone == "fedrap":
-        common = full_shared_rep(glob, weights)
-        size = common.numel()
-        reg = -rap_lambda * (local["table"] - common).pow(2).sum() / size + rap_mu * common.abs().sum() / size
-        loss = loss + (n_rows > 0).float() * reg
-    return loss
+        return (per_row * mask).sum() / (n_rows * neg.shape[1]).clamp_min(1.0)
+    per_row = F.softplus(-score_pos) + F.softplus(score_neg).sum(dim=1)
+    return (per_row * mask).sum() / (n_rows * (1 + neg.shape[1])).clamp_min(1.0)
 
 
-def full_shared_rep(glob: dict, weights: torch.Tensor | None) -> torch.Tensor:
-    """The user's global representation of every item, shape (I, w)."""
-    views = glob["views"]
-    return views[0] if weights is None else torch.tensordot(weights, views, dims=1)
+class _RapRegulariser(torch.autograd.Function):
+    """FedRAP's -lambda ||P_u - C_u||^2 / (I w) + mu ||C_u||_1 / (I w) for a chunk of users,
+    with C_u = sum_j w_uj F_j (the user's shared item representation), with a hand-written
+    backward: the dense |I| x w terms are the cost of FedRAP, so they are touched few times."""
+
+    @staticmethod
+    def forward(ctx, table, weights, views, rap_lambda, rap_mu):
+        spec = "ng,ngiw->niw" if views.dim() == 4 else "ng,giw->niw"
+        common = torch.einsum(spec, weights, views)
+        diff = table - common
+        size = common[0].numel()
+        ctx.save_for_backward(weights, views, diff, common)
+        ctx.constants = (rap_lambda, rap_mu, size)
+        return (-rap_lambda * diff.pow(2).sum(dim=(1, 2)) + rap_mu * common.abs().sum(dim=(1, 2))) / size
+
+    @staticmethod
+    def backward(ctx, grad_value):
+        weights, views, diff, common = ctx.saved_tensors
+        rap_lambda, rap_mu, size = ctx.constants
+        scale = (grad_value / size)[:, None, None]
+        grad_table = (-2.0 * rap_lambda) * scale * diff
+        grad_common = scale * (2.0 * rap_lambda * diff + rap_mu * torch.sign(common))
+        per_user = views.dim() == 4
+        grad_weights = torch.einsum("niw,ngiw->ng" if per_user else "niw,giw->ng", grad_common, views)
+        grad_views = torch.einsum("ng,niw->ngiw" if per_user else "ng,niw->giw", weights, grad_common)
+        return grad_table, grad_weights, grad_views, None, None
+
+
+def rap_regulariser(table: torch.Tensor, weights: torch.Tensor, views: torch.Tensor,
+                    rap_lambda: float, rap_mu: float) -> torch.Tensor:
+    """FedRAP's curriculum-weighted regularisers for a chunk of users, shape (n,): tables (n, I, w),
+    mixing weights (n, G), views (G, I, w) shared or (n, G, I, w) per user."""
+    return _RapRegulariser.apply(table, weights, views, rap_lambda, rap_mu)
 
 
 def shared_item_reps(local: dict, glob: dict, hist, hist_mask) -> torch.Tensor:
     """The user's (router-mixed) global representation of every item, shape (I, w)."""
-    weights = mixing_weights(local, glob["views"], hist, hist_mask) if "router.w1" in local else None
-    return full_shared_rep(glob, weights)
+    return torch.tensordot(router_weights(local, glob, hist, hist_mask), glob["views"], dims=1)
 
 
 def router_weights(local: dict, glob: dict, hist, hist_mask) -> torch.Tensor:

@@ -59,9 +59,17 @@ def uniform(seed: int, stream: Stream, round_idx: int, users, counters) -> np.nd
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
 
 
-def normal(seed: int, stream: Stream, round_idx: int, users, size: int) -> torch.Tensor:
-    """Standard normal float32 tensor of shape (len(users), size), by Box-Muller."""
-    u = uniform(seed, stream, round_idx, users, np.arange(2 * size))
-    radius = np.sqrt(-2.0 * np.log1p(-u[:, :size]))
-    z = radius * np.cos(2.0 * np.pi * u[:, size:])
-    return torch.from_numpy(z.astype(np.float32))
+def normal(seed: int, stream: Stream, round_idx: int, users, size: int,
+           block_elements: int = 1 << 22) -> torch.Tensor:
+    """Standard normal float32 tensor of shape (len(users), size), by Box-Muller.
+
+    Users are drawn in blocks of about `block_elements` values to bound the float64 and uint64
+    temporaries; a user's values do not depend on the blocking."""
+    users = np.asarray(users)
+    out = torch.empty((len(users), size), dtype=torch.float32)
+    step = max(1, block_elements // max(1, size))
+    for start in range(0, len(users), step):
+        u = uniform(seed, stream, round_idx, users[start:start + step], np.arange(2 * size))
+        radius = np.sqrt(-2.0 * np.log1p(-u[:, :size]))
+        out[start:start + step] = torch.from_numpy((radius * np.cos(2.0 * np.pi * u[:, size:])).astype(np.float32))
+    return out
