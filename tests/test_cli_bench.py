@@ -1,0 +1,34 @@
+"""`fedvlr-sim bench --json`: one JSON object per dataset, timing Ray shards against the naive
+sequential per-user loop. Runs in this process, on the test session's Ray instance (the bench
+joins an initialised session instead of starting its own)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from fedvlr_sim.cli import app
+
+POSITIVE = ("seconds_per_round", "sequential_seconds_per_round", "speedup", "updates_per_second", "peak_rss_gb")
+
+
+def test_bench_prints_one_json_object_per_dataset(ray_local, tmp_path):
+    result = CliRunner().invoke(app, ["bench", "--dataset", "synthetic:tiny", "--rounds", "1",
+                                      "--sample-users", "5", "--local-epochs", "1", "--shards", "2",
+                                      "--data-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stdout
+    row = json.loads(lines[0])
+
+    assert (row["dataset"], row["backbone"], row["variant"]) == ("synthetic:tiny", "fcf", "ours")
+    assert row["users"] == 300 and row["shards"] == 2
+    for key in POSITIVE:
+        assert isinstance(row[key], float) and row[key] > 0, key
+    # the derived columns follow from the timings
+    assert row["speedup"] == row["sequential_seconds_per_round"] / row["seconds_per_round"]
+    assert row["updates_per_second"] == 300 / row["seconds_per_round"]
+    # 5 users were timed one at a time and the loop extrapolated to all 300
+    assert row["sequential_users_timed"] == 5 and row["sequential_extrapolated"] is True
+    assert row["peak_rss_gb"] < 64

@@ -1,0 +1,76 @@
+"""`fedvlr-sim sweep`: the paper's learning-rate grid, one run folder per point, and the point
+selected on the VALID metric only (never on test)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import fedvlr_sim.sweep
+from fedvlr_sim.cli import app
+
+LR_GRID = [1e-4, 1e-3, 1e-2, 1e-1]
+TINY_RUNS = {"rounds": 2, "local_epochs": 1, "dim": 16, "backend": "local", "checkpoint_every": 0}
+
+
+def sweep_cli(out, config, *extra):
+    return CliRunner().invoke(app, ["sweep", "--dataset", "synthetic:tiny", "--out", str(out),
+                                    "--config", str(config), "--data-dir", str(out.parent), *extra])
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY_RUNS))
+    return path
+
+
+def test_sweep_runs_the_grid_and_selects_the_best_valid_point(tmp_path, tiny_config):
+    out = tmp_path / "sweep"
+    result = sweep_cli(out, tiny_config, "--variant", "none")
+    assert result.exit_code == 0, result.output
+
+    grid = json.loads((out / "sweep.json").read_text())
+    assert [point["point"] for point in grid] == [{"lr": lr} for lr in LR_GRID]
+    for point in grid:
+        run_dir = Path(point["run"])
+        assert run_dir.parent == out
+        run_summary = json.loads((run_dir / "summary.json").read_text())
+        assert run_summary["config"]["lr"] == point["point"]["lr"]
+        assert run_summary["config"]["rounds"] == TINY_RUNS["rounds"]   # the config file applied
+        assert run_summary["valid"] == point["valid"] and run_summary["test"] == point["test"]
+
+    selected = json.loads((out / "summary.json").read_text())
+    best_valid = max(point["valid"]["ndcg@50"] for point in grid)
+    assert selected["valid"]["ndcg@50"] == best_valid
+    assert selected["sweep"]["selected_on"] == "valid ndcg@50"
+    chosen = next(p for p in grid if p["point"] == selected["sweep"]["selected"])
+    assert chosen["valid"]["ndcg@50"] == best_valid
+    assert selected["test"] == chosen["test"] and selected["config"]["lr"] == chosen["point"]["lr"]
+
+
+def test_sweep_selection_ignores_test_metrics(tmp_path, tiny_config, monkeypatch):
+    """With runs whose valid and test metrics disagree, the point with the best valid metric is
+    selected even though another point is best on test."""
+    valid_of = {1e-4: 0.10, 1e-3: 0.40, 1e-2: 0.20, 1e-1: 0.05}
+    test_of = {1e-4: 0.90, 1e-3: 0.01, 1e-2: 0.50, 1e-1: 0.70}
+
+    def fake_execute(cfg, dataset, run_dir, on_round, resume=None):
+        metrics = lambda x: {f"{m}@{k}": x for k in (10, 20, 50) for m in ("hr", "ndcg")}
+        summary = {"dataset": "synthetic:tiny", "backbone": cfg.backbone, "variant": cfg.variant,
+                   "best_round": 1, "selected_on": "valid ndcg@50", "valid": metrics(valid_of[cfg.lr]),
+                   "test": metrics(test_of[cfg.lr]), "test_cold": metrics(0.0), "test_warm": metrics(0.0),
+                   "n_cold_test_users": 0, "baselines": {}, "config": cfg.to_dict()}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    monkeypatch.setattr(fedvlr_sim.sweep, "execute", fake_execute)
+    out = tmp_path / "sweep"
+    result = sweep_cli(out, tiny_config)
+    assert result.exit_code == 0, result.output
+    selected = json.loads((out / "summary.json").read_text())
+    assert selected["sweep"]["selected"] == {"lr": 1e-3}
+    assert selected["valid"]["ndcg@50"] == 0.40 and selected["test"]["ndcg@50"] == 0.01
