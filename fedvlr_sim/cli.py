@@ -95,23 +95,24 @@ def run(
 ) -> None:
     """Train and evaluate one federated model; write a results folder."""
     from fedvlr_sim.datasets import load_dataset
+    from fedvlr_sim.engine.simulation import features_of
     from fedvlr_sim.progress import round_progress
     from fedvlr_sim.runner import execute, prepare_run_dir, resume_config
 
+    given = {k: v for k, v in locals().items() if k in RunConfig.__dataclass_fields__ and v is not None}
+    given["ablation"] = ablation_of(drop, noise)
     if resume:
-        cfg, folder = resume_config(resume)
+        cfg, folder, done = resume_config(resume, extend={k: v for k, v in given.items() if v is not None})
         run_dir = Path(resume)
     else:
-        overrides = {k: v for k, v in locals().items() if k in RunConfig.__dataclass_fields__}
-        overrides["ablation"] = ablation_of(drop, noise)
-        overrides["data_dir"] = data_dir or (None if config else DATA_DIR)
-        cfg = build_config(config, overrides)
-        folder = None
+        given["data_dir"] = data_dir or (None if config else DATA_DIR)
+        cfg, folder, done = build_config(config, given), None, 0
     dataset_obj = load_dataset(cfg.dataset, Path(cfg.data_dir), seed=cfg.seed)
+    features_of(dataset_obj, cfg)   # fail before any results folder exists
     if not resume:
         run_dir = prepare_run_dir(cfg)
     label = f"{cfg.dataset} {cfg.backbone}+{cfg.variant}"
-    with round_progress(cfg.rounds, label) as on_round:
+    with round_progress(cfg.rounds, label, start_round=done) as on_round:
         summary = execute(cfg, dataset_obj, run_dir, on_round, resume=folder)
     print_summary(summary)
     typer.echo(f"results: {run_dir}")
@@ -207,10 +208,10 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder.")) -> None:
 @app.command()
 @user_errors
 def sweep(
-    dataset: str = typer.Option("synthetic:tiny", help="Dataset to tune on."),
-    data_dir: str = typer.Option(DATA_DIR),
-    backbone: str = typer.Option("fcf"),
-    variant: str = typer.Option("ours"),
+    dataset: Optional[str] = typer.Option(None, help="Dataset to tune on [synthetic:tiny]."),
+    data_dir: Optional[str] = typer.Option(None, help=f"Folder of prepared datasets [{DATA_DIR}]."),
+    backbone: Optional[str] = typer.Option(None, help="[fcf]"),
+    variant: Optional[str] = typer.Option(None, help="[ours]"),
     out: Path = typer.Option(..., help="Folder for the grid's runs, sweep.json and the selected summary.json."),
     config: Optional[Path] = typer.Option(None, help="JSON file of other run options (rounds, backend, ...)."),
     backend: Optional[str] = typer.Option(None, help="ray | local."),
@@ -221,8 +222,8 @@ def sweep(
     from fedvlr_sim.datasets import load_dataset
     from fedvlr_sim.sweep import sweep as run_sweep
 
-    cfg = build_config(config, {"dataset": dataset, "data_dir": data_dir, "backbone": backbone, "variant": variant,
-                                "backend": backend, "rounds": rounds, "seed": seed})
+    cfg = build_config(config, {"dataset": dataset, "data_dir": data_dir or (None if config else DATA_DIR),
+                                "backbone": backbone, "variant": variant, "backend": backend, "rounds": rounds, "seed": seed})
     dataset_obj = load_dataset(cfg.dataset, Path(cfg.data_dir), seed=cfg.seed)
 
     def on_run(name: str, summary: dict) -> None:
@@ -268,8 +269,18 @@ def bench(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: usage errors, like FedVLRError, end in one line and exit 2."""
+    import click
+
+    try:
+        code = app(standalone_mode=False)
+    except click.UsageError as err:
+        typer.echo(f"error: {err.format_message()}", err=True)
+        code = 2
+    except click.Abort:
+        typer.echo("aborted", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

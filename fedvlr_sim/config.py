@@ -113,6 +113,12 @@ class RunConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise FedVLRError(f"{source}: unknown option {unknown[0]!r} (known: {', '.join(sorted(names))})")
+        defaults = cls()
+        for name, value in values.items():
+            expected = type(getattr(defaults, name))
+            allowed = (int, float) if expected is float else expected
+            if isinstance(value, bool) and expected is not bool or not isinstance(value, allowed):
+                raise FedVLRError(f"{source}: option {name!r} must be of type {expected.__name__}, got {value!r}")
         return cls(**values)
 
     @classmethod
@@ -124,6 +130,8 @@ class RunConfig:
             raise FedVLRError(f"{path}: config file not found") from None
         except json.JSONDecodeError as err:
             raise FedVLRError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise FedVLRError(f"{path}: cannot read config file ({type(err).__name__}: expected a UTF-8 JSON file)") from None
         if not isinstance(values, dict):
             raise FedVLRError(f"{path}: expected a JSON object of run options")
         return cls.from_dict(values, source=str(path))

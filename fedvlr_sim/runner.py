@@ -8,6 +8,7 @@ the selected round), the checkpoint, and the PNG plots of `fedvlr-sim report`.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -37,14 +38,29 @@ def prepare_run_dir(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def resume_config(run_dir: Path) -> tuple[RunConfig, Path]:
-    """The configuration and newest checkpoint of an interrupted run."""
+EXTENDABLE = ("rounds", "patience")
+
+
+def resume_config(run_dir: Path, extend: dict | None = None) -> tuple[RunConfig, Path, int]:
+    """The configuration, newest checkpoint and rounds done of an interrupted run. `extend` may
+    raise `rounds` or `patience` (to continue a finished run); any other option is refused,
+    since changing it would make the resumed run a different experiment."""
     run_dir = Path(run_dir)
     cfg = RunConfig.from_file(run_dir / "config.json").validate()
     folder = checkpoint.latest(run_dir)
     if folder is None:
         raise FedVLRError(f"--resume {run_dir}: no checkpoint found (was --checkpoint-every 0?)")
-    return cfg, folder
+    changed = {k: v for k, v in (extend or {}).items() if getattr(cfg, k) != v}
+    refused = sorted(set(changed) - set(EXTENDABLE))
+    if refused:
+        raise FedVLRError(f"--resume continues {run_dir} with its own config.json; --{refused[0].replace('_', '-')} "
+                          f"cannot change (only --rounds and --patience can)")
+    for name, value in changed.items():
+        setattr(cfg, name, value)
+    cfg.validate()
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    _, loop_state = checkpoint.read(folder)
+    return cfg, folder, int(loop_state["round"])
 
 
 def execute(cfg: RunConfig, dataset, run_dir: Path, on_round: Callable[[dict], None],
@@ -66,15 +82,31 @@ def execute(cfg: RunConfig, dataset, run_dir: Path, on_round: Callable[[dict], N
     return outcome["summary"]
 
 
+def json_safe(value):
+    """The value with every NaN or infinity replaced by None (standard JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, value) -> None:
+    """Write standard JSON atomically (temp file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(json_safe(value), indent=2, allow_nan=False))
+    tmp.replace(path)
+
+
 def write_results(run_dir: Path, summary: dict, history: list[dict], router_weights) -> None:
     """summary.json, metrics.parquet, router_weights.npy and the report plots."""
     if history:
         pl.DataFrame(history).write_parquet(run_dir / "metrics.parquet")
     if router_weights is not None:
         np.save(run_dir / "router_weights.npy", np.asarray(router_weights, dtype=np.float32))
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(run_dir / "summary.json")
+    write_json(run_dir / "summary.json", summary)
     from fedvlr_sim.report import draw_report
 
     draw_report(run_dir)

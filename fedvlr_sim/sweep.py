@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from fedvlr_sim.config import RunConfig
-from fedvlr_sim.runner import execute, prepare_run_dir
+from fedvlr_sim.runner import execute, prepare_run_dir, write_json
 
 LR_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 FEDRAP_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -43,6 +43,6 @@ def sweep(cfg: RunConfig, dataset, out: Path, on_run: Callable[[str, dict], None
     best = max(results, key=lambda r: r["valid"].get(metric, float("-inf")))
     selected = json.loads((Path(best["run"]) / "summary.json").read_text())
     selected["sweep"] = {"selected_on": f"valid {metric}", "selected": best["point"], "grid": results}
-    (out / "sweep.json").write_text(json.dumps(results, indent=2))
-    (out / "summary.json").write_text(json.dumps(selected, indent=2))
+    write_json(out / "sweep.json", results)
+    write_json(out / "summary.json", selected)
     return selected

@@ -98,19 +98,11 @@ def test_an_unknown_option_in_a_config_file_is_named(dirs):
     assert_one_line_error(result, str(config), "local_epoch")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "RunConfig.from_file (fedvlr_sim/config.py line 121-126) only turns FileNotFoundError and "
-    "JSONDecodeError into FedVLRError: a --config path that is a folder raises IsADirectoryError "
-    "(likewise PermissionError, UnicodeDecodeError), i.e. a traceback and exit code 1"))
 def test_a_config_path_that_is_a_folder_is_named(dirs):
     result = invoke(["run", "--config", dirs["tmp"], *QUICK, "--out", dirs["out"]])
     assert_one_line_error(result, str(dirs["tmp"]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "RunConfig.from_dict/validate never check value types: {\"rounds\": \"two\"} in a config "
-    "file reaches `getattr(self, name) < 1` (fedvlr_sim/config.py line 71) and raises TypeError, "
-    "i.e. a traceback and exit code 1 instead of an error naming the option"))
 def test_a_config_value_of_the_wrong_type_is_named(dirs):
     config = dirs["tmp"] / "types.json"
     config.write_text('{"rounds": "two"}')
@@ -159,11 +151,6 @@ def test_an_id_only_run_on_the_same_dataset_needs_no_features(prepared_without_f
     assert (tmp_path / "out" / "summary.json").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli.run creates the results folder and writes config.json (runner.prepare_run_dir, "
-    "fedvlr_sim/cli.py line 112) before the missing features are detected in "
-    "engine.simulation.features_of (called from runner.execute), so a rejected run leaves a "
-    "results folder with a config.json for a run that never started"))
 def test_a_run_rejected_for_missing_features_leaves_no_results_folder(prepared_without_features, tmp_path):
     result = invoke(["run", "--dataset", "ML", "--data-dir", prepared_without_features, "--variant", "ours",
                      *QUICK, "--out", tmp_path / "out"])

@@ -83,7 +83,7 @@ def test_a_finished_run_continued_with_more_rounds_ends_as_the_longer_run(
 
     saved = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps(saved | {"rounds": ROUNDS}))
-    cfg, folder = resume_config(run_dir)
+    cfg, folder, _ = resume_config(run_dir)
     assert cfg.rounds == ROUNDS and checkpoint.read(folder)[1]["round"] == ROUNDS - 1
     execute(cfg, tiny, run_dir, on_round=lambda record: None, resume=folder)
 
@@ -116,11 +116,6 @@ def test_resume_of_a_folder_that_is_not_a_run_fails_cleanly(tmp_path):
     assert "Traceback" not in result.output
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli.run: with --resume every other option is silently ignored (the config is taken from "
-    "the run's config.json, fedvlr_sim/cli.py lines 101-103), so `run --resume DIR --rounds 3` "
-    "on a finished 1-round run exits 0 after 1 round; it should either continue to 3 rounds or "
-    "refuse the option with exit code 2"))
 def test_options_given_with_resume_are_applied_or_refused(tmp_path, tiny):
     cfg = config(tmp_path / "run", variant="none", rounds=1)
     run_dir = prepare_run_dir(cfg)

@@ -43,6 +43,9 @@ class ClientShard:
     def users(self) -> np.ndarray:
         return self.population.data.users
 
+    def fingerprint(self) -> str:
+        return self.population.data.fingerprint()
+
     def train(self, round_idx: int, users: np.ndarray, glob) -> Upload:
         return self.population.train(round_idx, users, as_tensors(glob))
 

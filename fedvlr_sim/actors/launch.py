@@ -73,6 +73,13 @@ def place_actors(cfg: RunConfig, dataset, problem, tag: str) -> Placement:
     shards = [ClientShard.options(name=f"fedvlr-shard-{i}-{tag}", max_restarts=3, max_task_retries=0).remote(
                   cfg, int(mine[0]), int(mine[-1]) + 1, n_views, width)
               for i, mine in enumerate(users)]
+    expected = [problem.data.subset(mine).fingerprint() for mine in users]
+    if ray.get([s.fingerprint.remote() for s in shards]) != expected:
+        for actor in [server, *shards]:
+            ray.kill(actor)
+        raise FedVLRError(f"--data-dir {cfg.data_dir}: the client shards loaded different data for dataset "
+                          f"{cfg.dataset!r} (seed {cfg.seed}) than the driver; the prepared dataset must be the "
+                          "same and readable on every node")
     return Placement(server, shards, users, device)
 
 
@@ -87,7 +94,8 @@ class RayRun:
         placed = place_actors(cfg, dataset, problem, tag)
         self.server, self.shards, self.server_device = placed.server, placed.shards, placed.server_device
         self.scheduler = Scheduler.options(name=f"fedvlr-scheduler-{tag}").remote(
-            cfg, problem, self.server, self.shards, placed.shard_users, str(run_dir), str(resume) if resume else None)
+            cfg, problem, self.server, self.shards, placed.shard_users, str(run_dir),
+            str(Path(resume).resolve()) if resume else None)
         self._result = None
         self._seen = 0
 

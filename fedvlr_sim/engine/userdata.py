@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,13 @@ class UserData:
             target[user[rows]] = item[rows]
             held_out[name] = target
         return cls(np.arange(n_users, dtype=np.int64), ptr, pairs[:, 1].copy(), held_out["valid"], held_out["test"])
+
+    def fingerprint(self) -> str:
+        """A digest of every array, to check two processes hold the same users' data."""
+        digest = hashlib.sha256()
+        for array in (self.users, self.train_ptr, self.train_items, self.valid, self.test):
+            digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+        return digest.hexdigest()
 
     @property
     def train_counts(self) -> np.ndarray:
