@@ -100,9 +100,13 @@ def run(
     from fedvlr_sim.runner import execute, prepare_run_dir, resume_config
 
     given = {k: v for k, v in locals().items() if k in RunConfig.__dataclass_fields__ and v is not None}
-    given["ablation"] = ablation_of(drop, noise)
+    ablation = ablation_of(drop, noise)
+    if ablation:
+        given["ablation"] = ablation
     if resume:
-        cfg, folder, done = resume_config(resume, extend={k: v for k, v in given.items() if v is not None})
+        if config:
+            raise FedVLRError("--config cannot be combined with --resume (the run keeps its own config.json)")
+        cfg, folder, done = resume_config(resume, extend=given)
         run_dir = Path(resume)
     else:
         given["data_dir"] = data_dir or (None if config else DATA_DIR)
