@@ -166,3 +166,16 @@ def test_the_installed_command_exits_2_with_one_line_on_stderr(tmp_path):
     assert proc.stdout == ""
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert "NoSuchSet" in proc.stderr
+
+
+def test_an_unreachable_cluster_address_is_named_at_once(dirs):
+    """Port 1 on loopback refuses connections: the run ends in one line instead of Ray's retries."""
+    result = invoke(["run", "--dataset", "synthetic:tiny", "--rounds", "1", "--address", "127.0.0.1:1",
+                     "--out", dirs["out"]])
+    assert_one_line_error(result, "--address", "127.0.0.1:1")
+
+
+def test_a_malformed_cluster_address_is_named(dirs):
+    result = invoke(["run", "--dataset", "synthetic:tiny", "--rounds", "1", "--address", "headnode",
+                     "--out", dirs["out"]])
+    assert_one_line_error(result, "--address", "host:port")

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ def ray_session(address: str = "", dashboard: bool = False):
         yield
         return
     started = not address
+    if address and address != "auto" and "://" not in address:
+        _probe(address)
     if started:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # a private single-user instance
     try:
@@ -46,6 +49,18 @@ def ray_session(address: str = "", dashboard: bool = False):
     finally:
         if started:
             ray.shutdown()
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, in one line, when nothing listens at a host:port cluster address (ray.init
+    itself would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise FedVLRError(f"--address {address!r}: expected host:port of a Ray head node, 'auto', or empty")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise FedVLRError(f"--address {address}: no Ray cluster answers there ({err.strerror or type(err).__name__})") from None
 
 
 @dataclass
