@@ -66,24 +66,26 @@ class ClientPopulation:
         return np.searchsorted(self.data.users, users)
 
     def _chunks(self, rows: np.ndarray, per_user_cost) -> list[np.ndarray]:
-        """Split rows (sorted by history length) into chunks whose padded cost fits the budget."""
+        """Split rows, sorted by history length, into chunks whose padded cost (chunk size times
+        the cost of its longest history) fits `chunk_elements`; at least one user per chunk."""
         order = rows[np.argsort(self.data.train_counts[rows], kind="stable")]
+        cost = per_user_cost(order)   # nondecreasing along `order`
         chunks, start = [], 0
         while start < len(order):
-            stop = start + 1
-            while stop < len(order) and (stop - start + 1) * per_user_cost(order[stop]) <= self.cfg.chunk_elements:
-                stop += 1
+            padded = np.arange(1, len(order) - start + 1) * cost[start:]
+            stop = start + max(1, int(np.searchsorted(padded, self.cfg.chunk_elements, side="right")))
             chunks.append(order[start:stop])
             start = stop
         return chunks
 
-    def _train_cost(self, row: int) -> int:
+    def _train_cost(self, rows: np.ndarray) -> np.ndarray:
+        """Tensor elements one user adds to a training chunk (activations, tables, copies)."""
         cfg = self.cfg
-        cost = int(self.data.train_counts[row]) * (1 + cfg.neg_ratio) * self.n_views * self.width * 4
+        cost = self.data.train_counts[rows] * (1 + cfg.neg_ratio) * self.n_views * self.width * 4
         if cfg.backbone in model.TABLE_BACKBONES:
-            cost += self.n_items * self.width * (self.n_views + 4)
+            cost = cost + self.n_items * self.width * (self.n_views + 4)
         if self.copies_globals:
-            cost += 3 * self.n_items * self.width * self.n_views
+            cost = cost + 3 * self.n_items * self.width * self.n_views
         return cost
 
     @property
@@ -225,8 +227,9 @@ class ClientPopulation:
                 self.state[name][index] = value.detach().to(self.state[name].dtype)
 
     # ---------------------------------------------------------------- evaluation
-    def _eval_cost(self, row: int) -> int:
-        return self.n_items * self.width * (self.n_views + 4) + int(self.data.train_counts[row]) * self.width * self.n_views
+    def _eval_cost(self, rows: np.ndarray) -> np.ndarray:
+        """Tensor elements one user adds to a scoring chunk."""
+        return self.n_items * self.width * (self.n_views + 4) + self.data.train_counts[rows] * self.width * self.n_views
 
     def scores(self, rows: np.ndarray, glob: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scores of every item for local rows `rows`, shape (n, I); no masking."""
