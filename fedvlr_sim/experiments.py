@@ -39,8 +39,13 @@ def run_table(base: RunConfig, dataset, out: Path, backbones=BACKBONES, variants
     return rows
 
 
+def number(value, scale: float = 1.0) -> str:
+    """A table cell: two decimals, or n/a for a metric that is undefined (None or NaN)."""
+    return "n/a" if value is None or value != value else f"{scale * value:.2f}"
+
+
 def fmt(metrics: dict) -> str:
-    return f"{100 * metrics.get('hr@50', float('nan')):.2f} / {100 * metrics.get('ndcg@50', float('nan')):.2f}"
+    return f"{number(metrics.get('hr@50'), 100)} / {number(metrics.get('ndcg@50'), 100)}"
 
 
 def markdown(rows: list[dict], with_spearman: bool) -> str:
@@ -53,7 +58,7 @@ def markdown(rows: list[dict], with_spearman: bool) -> str:
                 f"| {fmt(r['test_cold'])} | {fmt(r['test_warm'])} |")
         if with_spearman:
             s = r.get("modality_spearman")
-            line += (" " + " / ".join(f"{s[k]:.2f}" for k in ("vision", "text", "id", "mean")) + " |") if s else " - |"
+            line += (" " + " / ".join(number(s[k]) for k in ("vision", "text", "id", "mean")) + " |") if s else " - |"
         lines.append(line)
     base = rows[0]
     for name, values in base["baselines"].items():

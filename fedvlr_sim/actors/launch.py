@@ -17,7 +17,7 @@ import ray
 
 from fedvlr_sim.actors.client_shard import ClientShard
 from fedvlr_sim.actors.parameter_server import ParameterServer
-from fedvlr_sim.actors.scheduler import Scheduler
+from fedvlr_sim.actors.scheduler import SHARD_FAILURES, Scheduler
 from fedvlr_sim.config import RunConfig
 from fedvlr_sim.engine.federation import shard_users
 from fedvlr_sim.engine.simulation import features_of, problem_of
@@ -151,5 +151,10 @@ def run_on_ray(cfg: RunConfig, dataset, run_dir: Path, on_round: Callable[[dict]
         run = RayRun(cfg, dataset, run_dir, resume)
         try:
             return run.wait(on_round)
+        except SHARD_FAILURES as err:
+            reason = str(err).strip().splitlines()[-1][:300]
+            raise FedVLRError(
+                f"a client shard died and the run could not recover (out of memory? the Ray logs say more; with "
+                f"--checkpoint-every N a restarted shard resumes from the last checkpoint): {reason}") from None
         finally:
             run.close()

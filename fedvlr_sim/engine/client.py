@@ -93,9 +93,10 @@ class ClientPopulation:
         """Clients hold per-user copies of the globals when they step them or clip uploads."""
         return self.cfg.global_update == "local" or self.cfg.dp_clip > 0
 
-    def _local_chunk(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    def _local_chunk(self, rows: np.ndarray, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Float32 copies of the local state of `rows` (only names starting with `prefix`)."""
         index = torch.from_numpy(rows)
-        return {k: v[index].float() for k, v in self.state.items() if k != "seen"}
+        return {k: v[index].float() for k, v in self.state.items() if k != "seen" and k.startswith(prefix)}
 
     # ---------------------------------------------------------------- training
     def negatives(self, round_idx: int, rows: np.ndarray, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
@@ -251,11 +252,13 @@ class ClientPopulation:
 
     def router_weights(self, glob: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         """Every user's mixing weights over the views, shape (U, G)."""
-        rows = np.arange(len(self.data.users))
-        hist, hist_mask = self.data.padded_history(rows)
         fn = vmap(model.router_weights, in_dims=(0, None, 0, 0))
-        with torch.no_grad():
-            return self.data.users, fn(self._local_chunk(rows), glob, hist, hist_mask).numpy()
+        weights = np.zeros((len(self.data.users), self.n_views), dtype=np.float32)
+        for chunk in self._chunks(np.arange(len(self.data.users)), self._eval_cost):
+            hist, hist_mask = self.data.padded_history(chunk)
+            with torch.no_grad():
+                weights[chunk] = fn(self._local_chunk(chunk, prefix="router."), glob, hist, hist_mask).numpy()
+        return self.data.users, weights
 
     def reliance(self, glob: dict[str, torch.Tensor], altered: list[dict[str, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
         """Mean absolute change of each user's item scores when the globals are replaced by each of
