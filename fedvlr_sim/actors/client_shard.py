@@ -49,8 +49,8 @@ class ClientShard:
     def train(self, round_idx: int, users: np.ndarray, glob) -> Upload:
         return self.population.train(round_idx, users, as_tensors(glob))
 
-    def ranks(self, glob, split: str):
-        return self.population.ranks(as_tensors(glob), split)
+    def ranks(self, glob):
+        return self.population.ranks(as_tensors(glob))
 
     def reliance(self, glob, altered: list):
         return self.population.reliance(as_tensors(glob), [as_tensors(a) for a in altered])

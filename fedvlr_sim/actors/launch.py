@@ -29,12 +29,12 @@ def ray_session(address: str = "", dashboard: bool = False):
     """Join `address` (or `auto`), or start a quiet private local instance shut down on exit.
 
     A session that is already initialised in this process is reused and left running."""
+    if address and address != "auto" and "://" not in address:
+        _probe(address)
     if ray.is_initialized():
         yield
         return
     started = not address
-    if address and address != "auto" and "://" not in address:
-        _probe(address)
     if started:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # a private single-user instance
     try:

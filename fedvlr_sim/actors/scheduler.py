@@ -50,8 +50,8 @@ class RayPool:
         parts = gather(refs)
         return sum(parts[1:], parts[0])
 
-    def ranks(self, glob, split: str) -> np.ndarray:
-        return gather_by_user(self.n_users, gather([s.ranks.remote(glob, split) for s in self.shards]))
+    def ranks(self, glob) -> np.ndarray:
+        return gather_by_user(self.n_users, gather([s.ranks.remote(glob) for s in self.shards]))
 
     def reliance(self, glob, altered: list) -> np.ndarray:
         return gather_by_user(self.n_users, gather([s.reliance.remote(glob, altered) for s in self.shards]))

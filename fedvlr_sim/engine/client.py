@@ -242,12 +242,15 @@ class ClientPopulation:
         with torch.no_grad():
             return score_fn(local, glob, hist, hist_mask, seen)
 
-    def ranks(self, glob: dict[str, torch.Tensor], split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Rank of each user's held-out item (see UserData.rank_targets): (global ids, ranks)."""
+    def ranks(self, glob: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        """Ranks of each user's valid and test items from one scoring pass (see
+        UserData.rank_targets): (global user ids, ranks of shape (U, 2))."""
         all_rows = np.arange(len(self.data.users))
-        ranks = np.zeros(len(all_rows), dtype=np.int64)
+        ranks = np.zeros((len(all_rows), 2), dtype=np.int64)
         for chunk in self._chunks(all_rows, self._eval_cost):
-            ranks[chunk] = self.data.rank_targets(chunk, self.scores(chunk, glob), split)
+            scores = self.scores(chunk, glob)
+            for column, split in enumerate(("valid", "test")):
+                ranks[chunk, column] = self.data.rank_targets(chunk, scores, split)
         return self.data.users, ranks
 
     def router_weights(self, glob: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:

@@ -72,7 +72,7 @@ def gather_by_user(n_users: int, per_shard: list[tuple[np.ndarray, np.ndarray]])
 
 class Pool(Protocol):
     def train(self, round_idx: int, users: np.ndarray, glob: dict) -> Upload: ...
-    def ranks(self, glob: dict, split: str) -> np.ndarray: ...
+    def ranks(self, glob: dict) -> np.ndarray: ...
     def reliance(self, glob: dict, altered: list[dict]) -> np.ndarray: ...
     def router_weights(self, glob: dict) -> np.ndarray: ...
     def save(self, folder: Path) -> None: ...
@@ -90,8 +90,8 @@ class LocalPool:
         parts = [s.train(round_idx, np.intersect1d(users, s.data.users), glob) for s in self.shards]
         return sum(parts[1:], parts[0])
 
-    def ranks(self, glob, split) -> np.ndarray:
-        return gather_by_user(self.n_users, [s.ranks(glob, split) for s in self.shards])
+    def ranks(self, glob) -> np.ndarray:
+        return gather_by_user(self.n_users, [s.ranks(glob) for s in self.shards])
 
     def reliance(self, glob, altered) -> np.ndarray:
         return gather_by_user(self.n_users, [s.reliance(glob, altered) for s in self.shards])
@@ -139,8 +139,8 @@ class Federation:
 
     def evaluate(self, glob: dict) -> tuple[dict, dict]:
         """(valid metrics, test metrics split cold/warm) of the current model."""
-        valid = metrics_from_ranks(self.pool.ranks(glob, "valid"))
-        return valid, self._split_metrics(self.pool.ranks(glob, "test"))
+        ranks = self.pool.ranks(glob)
+        return metrics_from_ranks(ranks[:, 0]), self._split_metrics(ranks[:, 1])
 
     def modality_spearman(self, glob: dict) -> dict | None:
         """Per modality, Spearman across users between measured reliance and planted weight."""
