@@ -95,7 +95,7 @@ def run(
 ) -> None:
     """Train and evaluate one federated model; write a results folder."""
     from fedvlr_sim.datasets import load_dataset
-    from fedvlr_sim.engine.simulation import features_of
+    from fedvlr_sim.engine.simulation import features_of, table_storage
     from fedvlr_sim.progress import round_progress
     from fedvlr_sim.runner import execute, prepare_run_dir, resume_config
 
@@ -113,6 +113,9 @@ def run(
         cfg, folder, done = build_config(config, given), None, 0
     dataset_obj = load_dataset(cfg.dataset, Path(cfg.data_dir), seed=cfg.seed)
     features_of(dataset_obj, cfg)   # fail before any results folder exists
+    storage = table_storage(cfg, dataset_obj)
+    if storage:
+        typer.echo(storage, err=True)
     if not resume:
         run_dir = prepare_run_dir(cfg)
     label = f"{cfg.dataset} {cfg.backbone}+{cfg.variant}"

@@ -38,7 +38,7 @@ class ClientShard:
         torch.set_num_threads(threads)
         problem = problem_of(load_dataset(cfg.dataset, Path(cfg.data_dir), seed=cfg.seed))
         data = problem.data.subset(np.arange(first_user, end_user))
-        self.population = ClientPopulation(cfg, data, problem.n_items, n_views, width)
+        self.population = ClientPopulation(cfg, data, problem.n_items, n_views, width, problem.n_users)
 
     def users(self) -> np.ndarray:
         return self.population.data.users

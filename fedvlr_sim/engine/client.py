@@ -45,7 +45,10 @@ class Upload:
 class ClientPopulation:
     """The users of one shard with their data and stacked local state."""
 
-    def __init__(self, cfg: RunConfig, data: UserData, n_items: int, n_views: int, width: int):
+    def __init__(self, cfg: RunConfig, data: UserData, n_items: int, n_views: int, width: int,
+                 total_users: int | None = None):
+        """`total_users` (all users of the federation, default: this population's) decides the
+        storage of personal tables, so every shard layout stores them alike."""
         self.cfg = cfg
         self.data = data
         self.n_items = n_items
@@ -54,7 +57,7 @@ class ClientPopulation:
         self.bpr = cfg.variant == "vbpr"
         shapes = model.local_shapes(cfg.backbone, width, n_views, n_items,
                                     cfg.router_hidden if cfg.uses_router else None)
-        self.table_dtype = table_dtype(cfg, len(data.users), n_items, width)
+        self.table_dtype = table_dtype(cfg, total_users or len(data.users), n_items, width)
         self.state = model.init_local(shapes, cfg.seed, data.users, self.table_dtype)
         if "table" in self.state:
             self.state["seen"] = torch.zeros(len(data.users), dtype=torch.bool)
@@ -284,7 +287,8 @@ class ClientPopulation:
 
 
 def table_dtype(cfg: RunConfig, n_users: int, n_items: int, width: int) -> torch.dtype:
-    """Personal item tables are kept in bf16 when `auto` and they would exceed 2 GiB in fp32."""
+    """Storage of PFedRec's and FedRAP's personal item tables: bf16 when `auto` and all users'
+    tables would exceed 2 GiB in fp32 (computation is always fp32)."""
     if cfg.table_dtype == "bfloat16":
         return torch.bfloat16
     if cfg.table_dtype == "auto" and n_users * n_items * width * 4 > 2 * 1024**3:

@@ -43,8 +43,22 @@ def make_server(cfg: RunConfig, dataset, device: str = "cpu") -> Server:
 
 
 def make_populations(cfg: RunConfig, problem: Problem, n_views: int, width: int, n_shards: int) -> list[ClientPopulation]:
-    return [ClientPopulation(cfg, problem.data.subset(users), problem.n_items, n_views, width)
+    return [ClientPopulation(cfg, problem.data.subset(users), problem.n_items, n_views, width, problem.n_users)
             for users in shard_users(problem.n_users, n_shards)]
+
+
+def table_storage(cfg: RunConfig, dataset) -> str | None:
+    """A log line on how personal item tables are stored, for backbones that have them."""
+    from fedvlr_sim.engine.client import table_dtype
+    from fedvlr_sim.engine.model import TABLE_BACKBONES
+
+    if cfg.backbone not in TABLE_BACKBONES:
+        return None
+    width = 2 * cfg.dim if cfg.variant == "vbpr" else cfg.dim
+    dtype = table_dtype(cfg, dataset.n_users, dataset.n_items, width)
+    size = dataset.n_users * dataset.n_items * width * dtype.itemsize / 1024**3
+    return (f"{cfg.backbone} personal item tables: {dataset.n_users} users x {dataset.n_items} items x {width} "
+            f"stored as {str(dtype).removeprefix('torch.')} ({size:.2f} GiB, computed in float32)")
 
 
 def local_federation(cfg: RunConfig, dataset, run_dir: Path | None = None,
