@@ -190,7 +190,7 @@ def datasets_command(data_dir: str = typer.Option(DATA_DIR)) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from fedvlr_sim.datasets import list_datasets
+    from fedvlr_sim.datasets import SYNTHETIC_PRESETS, list_datasets
 
     table = Table()
     entries = list_datasets(Path(data_dir))
@@ -200,6 +200,7 @@ def datasets_command(data_dir: str = typer.Option(DATA_DIR)) -> None:
     for entry in entries:
         table.add_row(*[str(entry.get(k, "")) for k in keys])
     Console(width=200).print(table)
+    typer.echo("synthetic worlds (no files needed): " + ", ".join(f"synthetic:{name}" for name in SYNTHETIC_PRESETS))
 
 
 @app.command()
