@@ -4,7 +4,6 @@ and that a finished run is never overwritten."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 
 import numpy as np

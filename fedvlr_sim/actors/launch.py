@@ -7,7 +7,6 @@ import dataclasses
 import logging
 import os
 import socket
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path

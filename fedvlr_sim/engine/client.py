@@ -155,6 +155,9 @@ class ClientPopulation:
         glob_dim = 0 if self.copies_globals else None
         weights_fn = vmap(model.router_weights, in_dims=(0, glob_dim, 0, 0))
         loss_fn = vmap(functools.partial(model.user_loss, cfg.backbone, self.bpr), in_dims=(0, glob_dim, 0, 0, 0, 0))
+        # shared globals: one backward of sum_u alpha_u L_u gives the weighted upload; each user's
+        # local gradient is then divided by its alpha (per-user copies are weighted later)
+        scale = torch.ones_like(alpha) if self.copies_globals else alpha
         rap_weight = np.tanh(round_idx / 10.0)
         rap_lambda, rap_mu = cfg.fedrap_lambda * rap_weight, cfg.fedrap_mu * rap_weight
         per_batch = max(1, cfg.batch_size // cfg.neg_ratio)
@@ -176,7 +179,6 @@ class ClientPopulation:
                 active = (mask.sum(dim=1) > 0).float()
                 if cfg.backbone == "fedrap":
                     losses = losses + active * model.rap_regulariser(local["table"], weights, glob_in["views"], rap_lambda, rap_mu)
-                scale = torch.ones_like(alpha) if self.copies_globals else alpha
                 grads = torch.autograd.grad((losses * scale).sum(), [*local.values(), *glob_in.values()],
                                             allow_unused=True)
                 with torch.no_grad():
