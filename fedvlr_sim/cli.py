@@ -7,6 +7,8 @@ message on stderr and exit code 2.
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
 import json
 import os
 import sys
@@ -14,8 +16,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
-from fedvlr_sim.config import MODALITIES, RunConfig
+from fedvlr_sim.config import MODALITIES, SEED_HELP, RunConfig, option_fields
 from fedvlr_sim.errors import FedVLRError
 
 app = typer.Typer(add_completion=False, help="Federated vision-language recommendation simulator (FedVLR).")
@@ -35,94 +38,125 @@ def user_errors(command):
 
 
 def build_config(config_file: Optional[Path], overrides: dict) -> RunConfig:
-    """Dataclass defaults < config file < command-line options that were given."""
+    """Field defaults < config file < command-line options that were given."""
     cfg = RunConfig.from_file(config_file) if config_file else RunConfig()
-    for name, value in overrides.items():
-        if value is not None:
-            setattr(cfg, name, value)
-    return cfg.validate()
+    return cfg.replace(**{name: value for name, value in overrides.items() if value is not None})
 
 
 def ablation_of(drop: list[str], noise: list[str]) -> dict[str, str] | None:
     if not drop and not noise:
         return None
-    for option, names in (("--drop", drop), ("--noise", noise)):
+    for option_name, names in (("--drop", drop), ("--noise", noise)):
         for name in names:
             if name not in MODALITIES:
-                raise FedVLRError(f"{option}: unknown modality {name!r} (expected one of {', '.join(MODALITIES)})")
+                raise FedVLRError(f"{option_name}: unknown modality {name!r} (expected one of {', '.join(MODALITIES)})")
     both = set(drop) & set(noise)
     if both:
         raise FedVLRError(f"--drop and --noise both name {sorted(both)[0]!r}: choose one")
     return {m: "drop" if m in drop else "noise" if m in noise else "keep" for m in MODALITIES}
 
 
+def config_options(include: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()):
+    """Give a command one `--option` per run-config field (or those in `include`), generated
+    from the fields' help and defaults; the command receives them in its `options` dict, None
+    where not given. Its other parameters stay as declared."""
+    every = [(f.name, f.type, f.default, f.metadata["help"]) for _, f in option_fields() if f.name != "ablation"]
+    chosen = [c for c in [*every, ("seed", "int", 0, SEED_HELP)]
+              if c[0] not in exclude and (include is None or c[0] in include)]
+    types = {"int": int, "float": float, "str": str}
+
+    def decorate(command):
+        own = [p for p in inspect.signature(command).parameters.values() if p.name != "options"]
+        generated = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                       default=typer.Option(None, help=escape(f"{help_text} [default: {_shown(name, default)}]")),
+                                       annotation=Optional[types[kind]])
+                     for name, kind, default, help_text in chosen]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            options = {name: kwargs.pop(name) for name, *_ in chosen}
+            return command(options=options, **kwargs)
+
+        params = own + generated
+        wrapper.__signature__ = inspect.Signature(params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+    return decorate
+
+
+def _shown(name: str, default) -> str:
+    if name == "data_dir":
+        return f"$FEDVLR_DATA_DIR or {default}"
+    return repr(default) if default == "" else str(default)
+
+
 @app.command()
 @user_errors
+@config_options()
 def run(
-    dataset: Optional[str] = typer.Option(None, help="Prepared dataset name (KU, ML, Beauty, Movie, ...) or synthetic:<tiny|ku|movie>."),
-    data_dir: Optional[str] = typer.Option(None, help=f"Folder of prepared datasets [default: $FEDVLR_DATA_DIR or {DATA_DIR}]."),
-    backbone: Optional[str] = typer.Option(None, help="fedavg | fcf | fedncf | pfedrec | fedrap [default: fcf]."),
-    variant: Optional[str] = typer.Option(None, help="none | ours | mlp | vbpr | sum | gate [default: ours]."),
-    dim: Optional[int] = typer.Option(None, help="Embedding size d [64]."),
-    lr: Optional[float] = typer.Option(None, help="Client learning rate eta_l [0.1]."),
-    server_lr: Optional[float] = typer.Option(None, help="Server learning rate eta_s [1.0]."),
-    server_optimizer: Optional[str] = typer.Option(None, help="sgd | adam [sgd]."),
-    local_epochs: Optional[int] = typer.Option(None, help="Local epochs A [5]."),
-    neg_ratio: Optional[int] = typer.Option(None, help="Negatives per positive [4]."),
-    batch_size: Optional[int] = typer.Option(None, help="Most (positive, negative) pairs per local minibatch [2048]."),
-    rounds: Optional[int] = typer.Option(None, help="Most rounds [40]."),
-    patience: Optional[int] = typer.Option(None, help="Early stopping: rounds without a better valid metric [10]."),
-    eval_every: Optional[int] = typer.Option(None, help="Evaluate on valid every N rounds [1]."),
-    sample_ratio: Optional[float] = typer.Option(None, help="Client sampling ratio rho in (0, 1] [1.0]."),
-    seed: Optional[int] = typer.Option(None, help="Random seed [0]."),
-    global_update: Optional[str] = typer.Option(None, help="accumulate (upload accumulated gradients) | local (step a local copy, upload its change / lr)."),
-    dp_clip: Optional[float] = typer.Option(None, help="Clip each client's upload to this L2 norm (0 = off)."),
-    dp_noise: Optional[float] = typer.Option(None, help="Gaussian noise multiplier sigma (noise std = sigma * clip)."),
-    fedrap_lambda: Optional[float] = typer.Option(None, help="FedRAP lambda [1e-3]."),
-    fedrap_mu: Optional[float] = typer.Option(None, help="FedRAP mu [1e-3]."),
+    options: dict,
     drop: list[str] = typer.Option([], help="Modality ablation: drop vision, text or id (repeatable)."),
     noise: list[str] = typer.Option([], help="Modality ablation: replace vision, text or id by matched-norm noise."),
-    select_metric: Optional[str] = typer.Option(None, help="Valid metric for early stopping and selection [ndcg@50]."),
-    table_dtype: Optional[str] = typer.Option(None, help="Personal item tables (PFedRec, FedRAP): auto | float32 | bfloat16."),
-    chunk_elements: Optional[int] = typer.Option(None, help="Memory budget per user chunk, in tensor elements."),
-    backend: Optional[str] = typer.Option(None, help="ray | local [ray]."),
-    shards: Optional[int] = typer.Option(None, help="Client shards (0 = one per CPU of the Ray cluster)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster to join ('auto' inside `ray job submit`); empty starts a private local one."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N rounds (0 = never) [5]."),
-    out: Optional[str] = typer.Option(None, help="Run folder [runs/<dataset>-<backbone>-<variant>-<time>]."),
-    config: Optional[Path] = typer.Option(None, help="JSON file of run options (CLI options override it)."),
+    config: Optional[Path] = typer.Option(None, help="JSON file of run options (a run's config.json works; "
+                                          "command-line options override it)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run in this folder."),
 ) -> None:
     """Train and evaluate one federated model; write a results folder."""
-    from fedvlr_sim.datasets import load_dataset
-    from fedvlr_sim.engine.simulation import features_of, table_storage
-    from fedvlr_sim.progress import round_progress
-    from fedvlr_sim.runner import execute, prepare_run_dir, resume_config
+    from fedvlr_sim.runlock import run_lock
+    from fedvlr_sim.runner import new_run, resume_config
 
-    given = {k: v for k, v in locals().items() if k in RunConfig.__dataclass_fields__ and v is not None}
+    given = {k: v for k, v in options.items() if v is not None}
     ablation = ablation_of(drop, noise)
     if ablation:
         given["ablation"] = ablation
     if resume:
         if config:
             raise FedVLRError("--config cannot be combined with --resume (the run keeps its own config.json)")
-        cfg, folder, done = resume_config(resume, extend=given)
-        run_dir = Path(resume)
+        if not resume.is_dir():
+            raise FedVLRError(f"--resume {resume}: no such run folder (expected a folder with config.json and a checkpoint)")
+        with run_lock(resume):
+            cfg, folder, done = resume_config(resume, extend=given)
+            summary = _train_with_progress(cfg, _checked_dataset(cfg), resume, folder, done)
+        run_dir = resume
     else:
-        given["data_dir"] = data_dir or (None if config else DATA_DIR)
-        cfg, folder, done = build_config(config, given), None, 0
-    dataset_obj = load_dataset(cfg.dataset, Path(cfg.data_dir), seed=cfg.seed)
-    features_of(dataset_obj, cfg)   # fail before any results folder exists
+        if not config:
+            given.setdefault("data_dir", DATA_DIR)
+        cfg = build_config(config, given)
+        dataset_obj = _checked_dataset(cfg)   # fail before any results folder exists
+        with new_run(cfg) as (cfg, run_dir):
+            summary = _train_with_progress(cfg, dataset_obj, run_dir, None, 0)
+    print_summary(summary.to_dict())
+    typer.echo(f"results: {run_dir}")
+
+
+def _checked_dataset(cfg: RunConfig):
+    """The run's dataset, with the features its variant needs."""
+    from fedvlr_sim.datasets import load_dataset
+    from fedvlr_sim.engine.simulation import features_of, table_storage
+
+    dataset_obj = load_dataset(cfg.launch.dataset, Path(cfg.launch.data_dir), seed=cfg.seed)
+    features_of(dataset_obj, cfg)
     storage = table_storage(cfg, dataset_obj)
     if storage:
         typer.echo(storage, err=True)
-    if not resume:
-        run_dir = prepare_run_dir(cfg)
-    label = f"{cfg.dataset} {cfg.backbone}+{cfg.variant}"
-    with round_progress(cfg.rounds, label, start_round=done) as on_round:
-        summary = execute(cfg, dataset_obj, run_dir, on_round, resume=folder)
-    print_summary(summary)
-    typer.echo(f"results: {run_dir}")
+    return dataset_obj
+
+
+def _train_with_progress(cfg: RunConfig, dataset_obj, run_dir: Path, resume: Optional[Path], done: int):
+    """Train with a progress display; after Ctrl-C, say where the checkpoint is and how to resume."""
+    from fedvlr_sim.engine import checkpoint
+    from fedvlr_sim.progress import round_progress
+    from fedvlr_sim.runner import execute
+
+    label = f"{cfg.launch.dataset} {cfg.model.backbone}+{cfg.model.variant}"
+    try:
+        with round_progress(cfg.loop.rounds, label, start_round=done) as on_round:
+            return execute(cfg, dataset_obj, run_dir, on_round, resume=resume)
+    except KeyboardInterrupt:
+        where = checkpoint.latest(run_dir)
+        typer.echo(f"interrupted: the last checkpoint is {where}; continue with: fedvlr-sim run --resume {run_dir}"
+                   if where else f"interrupted before the first checkpoint of {run_dir} (nothing to resume)", err=True)
+        raise typer.Exit(130) from None
 
 
 def print_summary(summary: dict) -> None:
@@ -142,6 +176,8 @@ def print_summary(summary: dict) -> None:
     for name, values in rows:
         table.add_row(name, *[_percent(values.get(c)) for c in columns])
     Console().print(table)
+    if summary.get("stopped"):
+        typer.echo(f"stopped: {summary['stopped']}")
     if "modality_spearman" in summary:
         typer.echo("modality_spearman: " + json.dumps({k: round(v, 3) for k, v in summary["modality_spearman"].items()}))
 
@@ -215,55 +251,50 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder.")) -> None:
 
 @app.command()
 @user_errors
+@config_options(exclude=("lr", "out"))
 def sweep(
-    dataset: Optional[str] = typer.Option(None, help="Dataset to tune on [synthetic:tiny]."),
-    data_dir: Optional[str] = typer.Option(None, help=f"Folder of prepared datasets [{DATA_DIR}]."),
-    backbone: Optional[str] = typer.Option(None, help="[fcf]"),
-    variant: Optional[str] = typer.Option(None, help="[ours]"),
+    options: dict,
     out: Path = typer.Option(..., help="Folder for the grid's runs, sweep.json and the selected summary.json."),
     config: Optional[Path] = typer.Option(None, help="JSON file of other run options (rounds, backend, ...)."),
-    backend: Optional[str] = typer.Option(None, help="ray | local."),
-    rounds: Optional[int] = typer.Option(None),
-    seed: Optional[int] = typer.Option(None),
 ) -> None:
-    """Run the learning-rate grid {1e-4, 1e-3, 1e-2, 1e-1} (FedRAP: also lambda x mu), select on valid."""
+    """Run the client learning-rate grid (and the backbone's own grid, e.g. FedRAP's lambda x mu),
+    select on valid."""
     from fedvlr_sim.datasets import load_dataset
     from fedvlr_sim.sweep import sweep as run_sweep
 
-    cfg = build_config(config, {"dataset": dataset, "data_dir": data_dir or (None if config else DATA_DIR),
-                                "backbone": backbone, "variant": variant, "backend": backend, "rounds": rounds, "seed": seed})
-    dataset_obj = load_dataset(cfg.dataset, Path(cfg.data_dir), seed=cfg.seed)
+    if not config:
+        options["data_dir"] = options["data_dir"] or DATA_DIR
+    cfg = build_config(config, options)
+    dataset_obj = load_dataset(cfg.launch.dataset, Path(cfg.launch.data_dir), seed=cfg.seed)
+    metric = cfg.loop.select_metric
 
-    def on_run(name: str, summary: dict) -> None:
-        typer.echo(f"{name}: valid {cfg.select_metric} {summary['valid'].get(cfg.select_metric, float('nan')):.4f}")
+    def on_run(name: str, summary) -> None:
+        typer.echo(f"{name}: valid {metric} {summary.valid.get(metric, float('nan')):.4f}")
 
     selected = run_sweep(cfg, dataset_obj, out, on_run)
-    typer.echo(f"selected {selected['sweep']['selected']} on valid {cfg.select_metric}")
+    typer.echo(f"selected {selected['sweep']['selected']} on valid {metric}")
     print_summary(selected)
 
 
 @app.command()
 @user_errors
+@config_options(include=("backbone", "variant", "local_epochs", "shards", "address", "data_dir"))
 def bench(
+    options: dict,
     dataset: list[str] = typer.Option(["synthetic:ku", "synthetic:movie"], help="Datasets to time (repeatable)."),
-    data_dir: str = typer.Option(DATA_DIR),
-    backbone: str = typer.Option("fcf"),
-    variant: str = typer.Option("ours"),
     rounds: int = typer.Option(2, help="Timed rounds (after one warm-up round)."),
     sample_users: int = typer.Option(200, help="Users the sequential loop times before extrapolating."),
-    shards: int = typer.Option(0, help="Client shards (0 = one per CPU)."),
-    local_epochs: int = typer.Option(5),
-    address: str = typer.Option("", help="Ray cluster to join; empty starts a private local one."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object per dataset."),
 ) -> None:
     """Time rounds on Ray shards against a naive sequential per-user loop of the same math."""
     from fedvlr_sim.bench import bench as run_bench
     from fedvlr_sim.datasets import load_dataset
 
+    options["data_dir"] = options["data_dir"] or DATA_DIR
     for name in dataset:
-        cfg = build_config(None, {"dataset": name, "data_dir": data_dir, "backbone": backbone, "variant": variant,
-                                  "shards": shards, "local_epochs": local_epochs, "address": address})
-        row = run_bench(cfg, load_dataset(name, Path(data_dir), seed=cfg.seed), rounds=rounds, sample_users=sample_users)
+        cfg = build_config(None, options | {"dataset": name, "backend": "ray"})
+        row = run_bench(cfg, load_dataset(name, Path(cfg.launch.data_dir), seed=cfg.seed), rounds=rounds,
+                        sample_users=sample_users)
         if json_output:
             typer.echo(json.dumps(row))
         else:
@@ -271,25 +302,68 @@ def bench(
                     if row["sequential_extrapolated"] else "")
             typer.echo(f"{row['dataset']} {row['backbone']}+{row['variant']}, {row['users']} users, A={row['local_epochs']}, "
                        f"{row['shards']} shards: {row['seconds_per_round']:.3f} s/round on Ray "
-                       f"({row['updates_per_second']:.0f} client updates/s), {row.get('local_seconds_per_round', float('nan')):.3f} s/round "
+                       f"({row['updates_per_second']:.0f} client updates/s), {row['local_seconds_per_round']:.3f} s/round "
                        f"in-process, sequential loop {row['sequential_seconds_per_round']:.2f} s/round{note}; "
                        f"speed-up {row['speedup']:.1f}x; peak RSS {row['peak_rss_gb']:.2f} GB")
 
 
-def main() -> None:
-    """Console-script entry point: usage errors, like FedVLRError, end in one line and exit 2."""
-    import click
+@app.command()
+@user_errors
+@config_options(include=("data_dir", "rounds", "seed", "server_optimizer", "server_lr", "backend"))
+def experiments(
+    options: dict,
+    out: Path = typer.Option(Path("runs/experiments"), help="Folder of the experiments' runs (finished ones are kept)."),
+    doc: Path = typer.Option(Path("docs/results.md"), help="Markdown file the result tables are written to."),
+) -> None:
+    """Reproduce docs/results.md: every backbone plain, +ours and +mlp on KU and synthetic:ku,
+    learning rate chosen on valid."""
+    from fedvlr_sim.experiments import EXPERIMENT_DEFAULTS, reproduce_results
 
+    given = {k: v for k, v in options.items() if v is not None}
+    base = build_config(None, EXPERIMENT_DEFAULTS | {"data_dir": DATA_DIR} | given)
+    reproduce_results(base, out, doc, report=typer.echo)
+    typer.echo(f"written: {doc}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"fedvlr-sim {version('fedvlr-sim')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Federated vision-language recommendation simulator (FedVLR)."""
+
+
+def _click_errors() -> tuple[type, ...]:
+    """The click exception classes in use: typer bundles its own click (typer._click), and a
+    plain click may be installed beside it."""
+    found = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(name).ClickException)
+        except ImportError:
+            continue
+    return tuple(found)
+
+
+def main() -> None:
+    """Console-script entry point: usage errors, like FedVLRError, end in one line and exit 2;
+    Ctrl-C ends with one line and exit 130."""
     try:
         code = app(standalone_mode=False)
-    except click.UsageError as err:
-        typer.echo(f"error: {err.format_message()}", err=True)
+    except _click_errors() as err:
+        typer.echo(f"error: {' '.join(err.format_message().split())}", err=True)
         code = 2
-    except click.Abort:
-        typer.echo("aborted", err=True)
+    except (KeyboardInterrupt, typer.Abort):
+        typer.echo("interrupted", err=True)
         code = 130
     sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

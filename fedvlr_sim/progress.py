@@ -7,6 +7,8 @@ import contextlib
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedvlr_sim.engine.messages import RoundRecord
+
 
 @contextlib.contextmanager
 def round_progress(total_rounds: int, label: str, start_round: int = 0):
@@ -18,14 +20,14 @@ def round_progress(total_rounds: int, label: str, start_round: int = 0):
         task = bar.add_task(label, total=total_rounds, completed=start_round, status="")
         best = {"hr": None}
 
-        def on_round(record: dict) -> None:
-            if "valid_hr@50" in record:
-                best["hr"] = record["valid_hr@50"]
-            status = f"loss {record['loss']:.4f}  {record['updates_per_second']:.0f} clients/s"
+        def on_round(record: RoundRecord) -> None:
+            if record.valid:
+                best["hr"] = record.valid["hr@50"]
+            status = f"loss {record.loss:.4f}  {record.updates_per_second:.0f} clients/s"
             if best["hr"] is not None:
                 status += f"  valid HR@50 {best['hr']:.4f}"
-            bar.update(task, completed=record["round"], status=status)
+            bar.update(task, completed=record.round, status=status)
             if not console.is_terminal:
-                console.print(f"round {record['round']}/{total_rounds}  {status}")
+                console.print(f"round {record.round}/{total_rounds}  {status}")
 
         yield on_round

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from fedvlr_sim.config import RunConfig
 from fedvlr_sim.engine.client import ClientPopulation
-from fedvlr_sim.engine.simulation import make_server, problem_of
+from fedvlr_sim.engine.callbacks import History
+from fedvlr_sim.engine.simulation import make_server, problem_of, summarize
 
 HEAD_BACKBONES = ("fedavg", "pfedrec", "fedrap")
 LOCAL_NAME_PARTS = ("router", "head", "user", "table", "seen")
@@ -88,7 +89,12 @@ def make_cfg(**overrides) -> RunConfig:
                   router_hidden=8, backend="local", checkpoint_every=0, seed=0,
                   fedrap_lambda=0.3, fedrap_mu=0.2)
     values.update(overrides)
-    return RunConfig(**values).validate()
+    return RunConfig.create(**values)
+
+
+def options(cfg: RunConfig) -> types.SimpleNamespace:
+    """Every option of a config by its flat name (cfg.flat() as attributes)."""
+    return types.SimpleNamespace(**cfg.flat())
 
 
 def make_population(cfg: RunConfig, dataset, users=None):
@@ -96,7 +102,18 @@ def make_population(cfg: RunConfig, dataset, users=None):
     problem = problem_of(dataset)
     server = make_server(cfg, dataset)
     data = problem.data if users is None else problem.data.subset(np.asarray(users, np.int64))
-    return server, ClientPopulation(cfg, data, dataset.n_items, server.n_views, server.width)
+    return server, ClientPopulation(cfg.model, cfg.client, cfg.seed, data, dataset.n_items)
+
+
+def run_federation(cfg: RunConfig, fed) -> dict:
+    """Run a federation to its end; its summary as summary.json holds it."""
+    fed.run()
+    return summarize(cfg, fed).to_dict()
+
+
+def history_of(fed) -> list[dict]:
+    """The federation's round records as flat rows (as metrics.parquet holds them)."""
+    return [record.row() for record in fed.callback(History).records]
 
 
 def clone_state(state: dict) -> dict:
@@ -155,6 +172,7 @@ def ref_score(backbone: str, local: dict, glob: dict, e: torch.Tensor) -> torch.
 def ref_loss(cfg: RunConfig, round_idx: int, local: dict, glob: dict, history: torch.Tensor,
              pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """One user's minibatch loss, written from SPEC.md sections 2-4."""
+    cfg = options(cfg)
     views = glob["views"]
     weights = ref_mixing_weights(local, views, history) if cfg.variant == "ours" else None
 
@@ -194,7 +212,8 @@ def reference_round(cfg: RunConfig, pop: ClientPopulation, round_idx: int, users
     "per_user": {user: unweighted upload}, "end_globals": {user: the client's own copy of the
     globals at the end of the round}}.
     """
-    state = clone_state(pop.state)
+    reference_cfg, cfg = cfg, options(cfg)
+    state = clone_state(pop.params) | {"seen": pop.trained.clone()}
     total = {k: torch.zeros_like(v) for k, v in glob.items()}
     weight, loss_sum, per_user, end_globals = 0.0, 0.0, {}, {}
     per_batch = max(1, cfg.batch_size // cfg.neg_ratio)
@@ -205,7 +224,7 @@ def reference_round(cfg: RunConfig, pop: ClientPopulation, round_idx: int, users
         history = torch.from_numpy(data.train_items[data.train_ptr[row]:data.train_ptr[row + 1]].copy())
         n = len(history)
         mask = torch.ones(1, n)
-        negatives = pop.negatives(round_idx, np.array([row]), history[None], mask)[0]   # (A, n, r)
+        negatives = pop.negatives(round_idx, np.array([row]), n)[0]                     # (A, n, r)
         order = pop.positive_order(round_idx, np.array([row]), mask)[0]                 # (A, n)
         local = {k: v[row].float().clone().requires_grad_() for k, v in state.items() if k != "seen"}
         if cfg.backbone == "pfedrec":   # the round's fine-tuning offset of the local item copy
@@ -216,7 +235,7 @@ def reference_round(cfg: RunConfig, pop: ClientPopulation, round_idx: int, users
         for epoch in range(cfg.local_epochs):
             for start in range(0, n, per_batch):
                 picked = order[epoch, start:start + per_batch]
-                loss = ref_loss(cfg, round_idx, local, own, history, history[picked], negatives[epoch, picked])
+                loss = ref_loss(reference_cfg, round_idx, local, own, history, history[picked], negatives[epoch, picked])
                 losses.append(float(loss.detach()))
                 names_l, names_g = list(local), list(own)
                 grads = torch.autograd.grad(loss, [local[k] for k in names_l] + [own[k] for k in names_g],
@@ -248,7 +267,7 @@ def reference_round(cfg: RunConfig, pop: ClientPopulation, round_idx: int, users
                 weights = ref_mixing_weights(local, glob["views"], history) if cfg.variant == "ours" else None
                 full = ref_shared(glob["views"], weights, torch.arange(glob["views"].shape[1]))
                 local["table"] = full + local["table"]
-                state["seen"][row] = True
+            state["seen"][row] = True   # the user has completed a round of local training
             for k, v in local.items():
                 state[k][row] = v.detach().to(state[k].dtype)
     return {"grads": total, "weight": weight, "loss_sum": loss_sum, "state": state,

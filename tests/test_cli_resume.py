@@ -26,14 +26,14 @@ def config(run_dir, **extra) -> RunConfig:
     # FedRAP + ours: server state, routers and personal item tables must all survive a restart
     values = dict(dataset="synthetic:tiny", backbone="fedrap", variant="ours", dim=16, rounds=ROUNDS,
                   local_epochs=1, checkpoint_every=1, seed=0, backend="local", out=str(run_dir))
-    return RunConfig(**(values | extra)).validate()
+    return RunConfig.create(**(values | extra))
 
 
 def interrupt_at(round_idx: int):
     """A progress callback that stops the run once round `round_idx` has been trained (its
     checkpoint is never written, so the last checkpoint is the one of round_idx - 1)."""
     def on_round(record):
-        if record["round"] == round_idx:
+        if record.round == round_idx:
             raise Interrupted
     return on_round
 
@@ -45,15 +45,15 @@ def read_summary(run_dir) -> dict:
 @pytest.fixture(scope="module")
 def uninterrupted(tiny, tmp_path_factory):
     """The reference: the same configuration run in one go, through the same runner."""
-    run_dir = prepare_run_dir(config(tmp_path_factory.mktemp("resume") / "uninterrupted"))
-    execute(config(run_dir), tiny, run_dir, on_round=lambda record: None)
+    cfg, run_dir = prepare_run_dir(config(tmp_path_factory.mktemp("resume") / "uninterrupted"))
+    execute(cfg, tiny, run_dir)
     return read_summary(run_dir), pl.read_parquet(run_dir / "metrics.parquet")
 
 
 def test_an_interrupted_run_resumed_with_the_cli_ends_as_the_uninterrupted_run(
         tiny, tmp_path, uninterrupted, assert_same_metrics):
     cfg = config(tmp_path / "run")
-    run_dir = prepare_run_dir(cfg)
+    cfg, run_dir = prepare_run_dir(cfg)
     with pytest.raises(Interrupted):
         execute(cfg, tiny, run_dir, on_round=interrupt_at(ROUNDS))
     assert not (run_dir / "summary.json").exists()
@@ -77,15 +77,15 @@ def test_a_finished_run_continued_with_more_rounds_ends_as_the_longer_run(
         tiny, tmp_path, uninterrupted, assert_same_metrics):
     """The public way to extend a run: raise `rounds` in its config.json, then resume it."""
     short = config(tmp_path / "run", rounds=ROUNDS - 1)
-    run_dir = prepare_run_dir(short)
-    execute(short, tiny, run_dir, on_round=lambda record: None)
+    short, run_dir = prepare_run_dir(short)
+    execute(short, tiny, run_dir)
     assert read_summary(run_dir)["rounds_run"] == ROUNDS - 1
 
     saved = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps(saved | {"rounds": ROUNDS}))
     cfg, folder, _ = resume_config(run_dir)
-    assert cfg.rounds == ROUNDS and checkpoint.read(folder)[1]["round"] == ROUNDS - 1
-    execute(cfg, tiny, run_dir, on_round=lambda record: None, resume=folder)
+    assert cfg.loop.rounds == ROUNDS and checkpoint.read(folder)[1]["round"] == ROUNDS - 1
+    execute(cfg, tiny, run_dir, resume=folder)
 
     got = read_summary(run_dir)
     assert_same_metrics(got, uninterrupted[0])
@@ -95,8 +95,8 @@ def test_a_finished_run_continued_with_more_rounds_ends_as_the_longer_run(
 def test_resume_needs_a_checkpoint(tmp_path, tiny):
     """A folder without a checkpoint (here: a run with --checkpoint-every 0) cannot be resumed."""
     cfg = config(tmp_path / "run", variant="none", rounds=1, checkpoint_every=0)
-    run_dir = prepare_run_dir(cfg)
-    execute(cfg, tiny, run_dir, on_round=lambda record: None)
+    cfg, run_dir = prepare_run_dir(cfg)
+    execute(cfg, tiny, run_dir)
     summary_before = (run_dir / "summary.json").read_bytes()
 
     result = CliRunner().invoke(app, ["run", "--resume", str(run_dir)])
@@ -118,8 +118,8 @@ def test_resume_of_a_folder_that_is_not_a_run_fails_cleanly(tmp_path):
 
 def test_options_given_with_resume_are_applied_or_refused(tmp_path, tiny):
     cfg = config(tmp_path / "run", variant="none", rounds=1)
-    run_dir = prepare_run_dir(cfg)
-    execute(cfg, tiny, run_dir, on_round=lambda record: None)
+    cfg, run_dir = prepare_run_dir(cfg)
+    execute(cfg, tiny, run_dir)
 
     result = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "--rounds", str(ROUNDS)])
     refused = result.exit_code == 2 and "--rounds" in result.stderr
@@ -132,7 +132,7 @@ def test_a_run_interrupted_in_process_continues_on_ray_with_the_same_result(
     """Checkpoints do not depend on the backend or the shard layout: a local run's checkpoint
     is resumed by `run --resume` on Ray with two shards (set in the run's config.json)."""
     cfg = config(tmp_path / "run")
-    run_dir = prepare_run_dir(cfg)
+    cfg, run_dir = prepare_run_dir(cfg)
     with pytest.raises(Interrupted):
         execute(cfg, tiny, run_dir, on_round=interrupt_at(ROUNDS))
     saved = json.loads((run_dir / "config.json").read_text())

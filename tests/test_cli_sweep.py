@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import fedvlr_sim.sweep
 from fedvlr_sim.cli import app
+from fedvlr_sim.engine.messages import RunSummary
 
 LR_GRID = [1e-4, 1e-3, 1e-2, 1e-1]
 TINY_RUNS = {"rounds": 2, "local_epochs": 1, "dim": 16, "backend": "local", "checkpoint_every": 0}
@@ -58,13 +59,15 @@ def test_sweep_selection_ignores_test_metrics(tmp_path, tiny_config, monkeypatch
     valid_of = {1e-4: 0.10, 1e-3: 0.40, 1e-2: 0.20, 1e-1: 0.05}
     test_of = {1e-4: 0.90, 1e-3: 0.01, 1e-2: 0.50, 1e-1: 0.70}
 
-    def fake_execute(cfg, dataset, run_dir, on_round, resume=None):
+    def fake_execute(cfg, dataset, run_dir, on_round=None, resume=None):
         metrics = lambda x: {f"{m}@{k}": x for k in (10, 20, 50) for m in ("hr", "ndcg")}
-        summary = {"dataset": "synthetic:tiny", "backbone": cfg.backbone, "variant": cfg.variant,
-                   "best_round": 1, "selected_on": "valid ndcg@50", "valid": metrics(valid_of[cfg.lr]),
-                   "test": metrics(test_of[cfg.lr]), "test_cold": metrics(0.0), "test_warm": metrics(0.0),
-                   "n_cold_test_users": 0, "baselines": {}, "config": cfg.to_dict()}
-        (run_dir / "summary.json").write_text(json.dumps(summary))
+        lr = cfg.client.lr
+        summary = RunSummary(dataset="synthetic:tiny", backbone=cfg.model.backbone, variant=cfg.model.variant,
+                             best_round=1, rounds_run=1, selected_on="valid ndcg@50", valid=metrics(valid_of[lr]),
+                             test=metrics(test_of[lr]), test_cold=metrics(0.0), test_warm=metrics(0.0), n_users=1,
+                             n_cold_test_users=0, baselines={}, baselines_cold={}, baselines_warm={}, seconds=0.0,
+                             config=cfg.flat())
+        (run_dir / "summary.json").write_text(json.dumps(summary.to_dict()))
         return summary
 
     monkeypatch.setattr(fedvlr_sim.sweep, "execute", fake_execute)

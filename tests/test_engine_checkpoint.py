@@ -9,7 +9,7 @@ import torch
 
 from fedvlr_sim.engine import checkpoint
 from fedvlr_sim.engine.simulation import local_federation
-from helpers_engine import make_cfg, make_dataset, summary_metrics
+from helpers_engine import history_of, make_cfg, make_dataset, run_federation, summary_metrics
 
 
 class Interrupted(Exception):
@@ -31,7 +31,7 @@ CONFIGS = {
 
 def _interrupt_after(k):
     def on_round(record):
-        if record["round"] == k + 1:     # round k+1 is lost: its checkpoint is never written
+        if record.round == k + 1:     # round k+1 is lost: its checkpoint is never written
             raise Interrupted
     return on_round
 
@@ -40,7 +40,7 @@ def _interrupt_after(k):
 def test_restored_run_finishes_with_the_uninterrupted_result(name, dataset, tmp_path):
     cfg = make_cfg(rounds=4, checkpoint_every=1, **CONFIGS[name])
     uninterrupted = local_federation(cfg, dataset)
-    expected = uninterrupted.run()
+    expected = run_federation(cfg, uninterrupted)
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -53,26 +53,26 @@ def test_restored_run_finishes_with_the_uninterrupted_result(name, dataset, tmp_
 
     resumed = local_federation(cfg, dataset, run_dir=run_dir)
     resumed.restore(folder)
-    assert resumed.state["round"] == 2
-    got = resumed.run()
+    assert resumed.round == 2
+    got = run_federation(cfg, resumed)
     assert got["rounds_run"] == 4
     assert summary_metrics(got) == summary_metrics(expected)
-    assert [r["loss"] for r in resumed.state["history"]] == [r["loss"] for r in uninterrupted.state["history"]]
+    assert [r["loss"] for r in history_of(resumed)] == [r["loss"] for r in history_of(uninterrupted)]
     for k, v in uninterrupted.server.state_dict().items():
         assert torch.equal(resumed.server.state_dict()[k], v), k
-    for k, v in uninterrupted.pool.shards[0].state.items():
-        assert torch.equal(resumed.pool.shards[0].state[k], v), k
+    for k, v in uninterrupted.pool.shards[0].state_dict().items():
+        assert torch.equal(resumed.pool.shards[0].state_dict()[k], v), k
 
 
 def test_restore_into_a_different_shard_layout_gives_the_same_result(dataset, tmp_path):
     cfg = make_cfg(rounds=3, checkpoint_every=1, backbone="fedrap", variant="ours")
-    expected = local_federation(cfg, dataset).run()
+    expected = run_federation(cfg, local_federation(cfg, dataset))
     first = local_federation(cfg, dataset, run_dir=tmp_path, on_round=_interrupt_after(1), n_shards=3)
     with pytest.raises(Interrupted):
         first.run()
     resumed = local_federation(cfg, dataset, run_dir=tmp_path, n_shards=2)
     resumed.restore(checkpoint.latest(tmp_path))
-    got = resumed.run()
+    got = run_federation(cfg, resumed)
     metrics_got, metrics_expected = summary_metrics(got), summary_metrics(expected)
     assert metrics_got.keys() == metrics_expected.keys()
     for key in metrics_expected:
@@ -85,10 +85,10 @@ def test_checkpoint_holds_every_users_local_state_and_the_loop_position(dataset,
     fed.run()
     folder = checkpoint.latest(tmp_path)
     server_state, loop_state = checkpoint.read(folder)
-    assert loop_state["round"] == 2 and len(loop_state["history"]) == 2
+    assert loop_state["round"] == 2 and len(loop_state["callbacks"]["history"]["records"]) == 2
     users = np.arange(dataset.n_users)
     state = checkpoint.load_users_state(folder, users)
-    live = {k: torch.cat([s.state[k] for s in fed.pool.shards]) for k in fed.pool.shards[0].state}
+    live = {k: torch.cat([s.state_dict()[k] for s in fed.pool.shards]) for k in fed.pool.shards[0].state_dict()}
     assert state.keys() == live.keys()
     for k in live:
         assert torch.equal(state[k], live[k]), k

@@ -39,18 +39,18 @@ def _compare_with_reference(cfg, dataset, round_idx=3, users=None):
     server, pop = make_population(cfg, dataset)
     glob = server.publish()
     users = np.arange(dataset.n_users) if users is None else np.asarray(users)
-    before = clone_state(pop.state)
+    before = clone_state(pop.state_dict())
     expected = reference_round(cfg, pop, round_idx, users, glob)
     upload = pop.train(round_idx, users, glob)
     # the test is not vacuous: the round changed the local state and produced gradients
-    changed = [k for k in before if k != "seen" and not torch.equal(before[k], pop.state[k])]
+    changed = [k for k in before if k != "seen" and not torch.equal(before[k], pop.state_dict()[k])]
     assert changed, "local training left every local parameter untouched"
     assert float(upload.grads["views"].abs().sum()) > 0
     assert_close_dicts(upload.grads, expected["grads"], atol=TOL, rtol=TOL)
     assert upload.weight == pytest.approx(expected["weight"], rel=1e-6)
     assert upload.n_users == len(users)
     assert upload.loss_sum == pytest.approx(expected["loss_sum"], rel=1e-5, abs=1e-6)
-    assert_close_dicts(pop.state, expected["state"], atol=TOL, rtol=TOL)
+    assert_close_dicts(pop.state_dict(), expected["state"], atol=TOL, rtol=TOL)
     return pop, upload, expected
 
 
@@ -62,7 +62,7 @@ def test_vectorised_update_matches_plain_per_user_loop(case, dataset):
 
 def test_small_batch_size_splits_each_epoch_into_several_minibatches(dataset):
     cfg = make_cfg(batch_size=4)
-    per_batch = cfg.batch_size // cfg.neg_ratio
+    per_batch = cfg.client.batch_size // cfg.client.neg_ratio
     counts = np.bincount(dataset.user[dataset.split == 0], minlength=dataset.n_users)
     assert (counts > 2 * per_batch).any(), "the small-batch cases need users with 3+ minibatches"
     _compare_with_reference(cfg, dataset)
@@ -74,8 +74,8 @@ def test_sampled_subset_trains_only_sampled_users_and_leaves_others_untouched(da
     pop, _, _ = _compare_with_reference(cfg, dataset, users=sampled)
     _, fresh = make_population(cfg, dataset)
     others = np.setdiff1d(np.arange(dataset.n_users), sampled)
-    for name, value in pop.state.items():
-        assert torch.equal(value[others], fresh.state[name][others]), name
+    for name, value in pop.state_dict().items():
+        assert torch.equal(value[others], fresh.state_dict()[name][others]), name
 
 
 def test_global_update_local_uploads_start_minus_end_over_lr_of_clients_own_copy(dataset):
@@ -91,9 +91,9 @@ def test_global_update_local_uploads_start_minus_end_over_lr_of_clients_own_copy
         end = expected["end_globals"][int(u)]
         assert not torch.equal(end["views"], glob["views"]), "the client's copy of the globals never moved"
         for k in want:
-            want[k] += (glob[k] - end[k]) / cfg.lr          # alpha_u = 1 for FCF
+            want[k] += (glob[k] - end[k]) / cfg.client.lr          # alpha_u = 1 for FCF
     assert_close_dicts(upload.grads, want, atol=1e-4, rtol=1e-4)
-    assert_close_dicts(pop.state, expected["state"], atol=TOL, rtol=TOL)
+    assert_close_dicts(pop.state_dict(), expected["state"], atol=TOL, rtol=TOL)
 
 
 def test_global_update_local_differs_from_accumulating_at_fixed_globals(dataset):
@@ -116,7 +116,7 @@ def test_upload_contains_exactly_the_published_global_tensors(backbone, variant,
     for name, value in upload.grads.items():
         assert value.shape == glob[name].shape, name
         assert not any(part in name.split(".")[0] for part in LOCAL_NAME_PARTS), name
-    assert not set(upload.grads) & set(pop.state)
+    assert not set(upload.grads) & set(pop.state_dict())
 
 
 def test_fedrap_regulariser_uses_curriculum_weights_and_pushes_personal_table_away(dataset):
@@ -132,7 +132,7 @@ def test_fedrap_regulariser_uses_curriculum_weights_and_pushes_personal_table_aw
         e = glob["views"][0]
         size = e.numel()
         hist, mask = pop.data.padded_history(np.array([0]))
-        touched = set(hist[0].tolist()) | set(pop.negatives(round_idx, np.array([0]), hist, mask)[0].reshape(-1).tolist())
+        touched = set(hist[0].tolist()) | set(pop.negatives(round_idx, np.array([0]), hist.shape[1])[0].reshape(-1).tolist())
         free = [i for i in range(dataset.n_items) if i not in touched]
         assert free, "need an item the data loss never touches"
         upload = pop.train(round_idx, [user], glob)
@@ -141,7 +141,7 @@ def test_fedrap_regulariser_uses_curriculum_weights_and_pushes_personal_table_aw
         p1 = -lr * 2 * lam_t * e / size
         # step 2 (P = p1): dR/dP = -2 lam_t (p1 - e) / size
         p2 = p1 - lr * (-2 * lam_t * (p1 - e) / size)
-        torch.testing.assert_close(pop.state["table"][0, free], p2[free], atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(pop.state_dict()["table"][0, free], p2[free], atol=1e-7, rtol=1e-5)
         # the personal table moves AWAY from e (the minus sign of the lambda term)
         assert ((p2[free] - e[free]).norm() > e[free].norm())
         # upload for untouched items: dR/de = 2 lam_t (P - e)/size + mu_t sign(e)/size, summed over steps
@@ -156,5 +156,5 @@ def test_fedrap_curriculum_weight_is_not_zero_after_round_one(dataset):
         cfg = make_cfg(backbone="fedrap", variant="none", fedrap_lambda=lam, fedrap_mu=0.0)
         server, pop = make_population(cfg, dataset)
         pop.train(7, np.arange(dataset.n_users), server.publish())
-        tables[lam] = pop.state["table"].clone()
+        tables[lam] = pop.state_dict()["table"].clone()
     assert not torch.allclose(tables[0.0], tables[0.5])

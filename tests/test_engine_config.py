@@ -3,11 +3,14 @@ names the offending option."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from fedvlr_sim.config import BACKBONES, VARIANTS, RunConfig
+from fedvlr_sim.config import ClientConfig, LaunchConfig, LoopConfig, ModelConfig, RunConfig, ServerConfig
+from fedvlr_sim.engine.backbones import BACKBONES
+from fedvlr_sim.engine.variants import VARIANTS
 from fedvlr_sim.errors import FedVLRError
 
 IMPOSSIBLE = {
@@ -32,6 +35,14 @@ IMPOSSIBLE = {
     "unknown selection metric": (dict(select_metric="hr@5"), "--select-metric"),
     "negative FedRAP lambda": (dict(fedrap_lambda=-0.1), "--fedrap-lambda"),
     "unknown table dtype": (dict(table_dtype="float16"), "--table-dtype"),
+    "infinite lr": (dict(lr=float("inf")), "--lr"),
+    "infinite server lr": (dict(server_lr=float("inf")), "--server-lr"),
+    "infinite clipping norm": (dict(dp_clip=float("inf")), "--dp-clip"),
+    "nan noise": (dict(dp_clip=1.0, dp_noise=float("nan")), "--dp-noise"),
+    "negative seed": (dict(seed=-1), "--seed"),
+    "seed beyond 64 bits": (dict(seed=2**64), "--seed"),
+    "fractional rounds": (dict(rounds=2.5), "--rounds"),
+    "unknown option": (dict(learning_rate=0.1), "learning_rate"),
 }
 
 
@@ -39,30 +50,45 @@ IMPOSSIBLE = {
 def test_impossible_config_raises_error_naming_the_option(case):
     overrides, option = IMPOSSIBLE[case]
     with pytest.raises(FedVLRError) as err:
-        RunConfig(**overrides).validate()
+        RunConfig.create(**overrides)
     message = str(err.value)
     assert option in message
     assert "\n" not in message
 
 
 def test_default_config_is_valid_and_follows_the_paper():
-    cfg = RunConfig().validate()
-    assert (cfg.dim, cfg.local_epochs, cfg.neg_ratio, cfg.batch_size) == (64, 5, 4, 2048)
-    assert cfg.sample_ratio == 1.0 and cfg.global_update == "accumulate"
-    assert cfg.ablation == {"vision": "keep", "text": "keep", "id": "keep"}
+    cfg = RunConfig()
+    assert cfg.model.dim == 64
+    assert (cfg.client.local_epochs, cfg.client.neg_ratio, cfg.client.batch_size) == (5, 4, 2048)
+    assert cfg.loop.sample_ratio == 1.0 and cfg.client.global_update == "accumulate"
+    assert cfg.flat()["ablation"] == {"vision": "keep", "text": "keep", "id": "keep"}
+
+
+def test_each_role_holds_only_its_own_options_and_is_frozen():
+    cfg = RunConfig.create(lr=0.3, server_lr=0.02, rounds=7, backbone="fedrap", dataset="KU")
+    assert isinstance(cfg.model, ModelConfig) and cfg.model.backbone == "fedrap"
+    assert isinstance(cfg.client, ClientConfig) and cfg.client.lr == 0.3
+    assert isinstance(cfg.server, ServerConfig) and cfg.server.server_lr == 0.02
+    assert isinstance(cfg.loop, LoopConfig) and cfg.loop.rounds == 7
+    assert isinstance(cfg.launch, LaunchConfig) and cfg.launch.dataset == "KU"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.client.lr = 1.0
+    assert cfg.replace(lr=0.5).client.lr == 0.5 and cfg.client.lr == 0.3
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_backbone_runs_with_every_variant(backbone, variant):
-    cfg = RunConfig(backbone=backbone, variant=variant).validate()
-    assert cfg.uses_router == (variant == "ours")
-    assert cfg.uses_features == (variant != "none")
+    cfg = RunConfig.create(backbone=backbone, variant=variant)
+    assert cfg.model.variant_def.uses_router == (variant == "ours")
+    assert cfg.model.variant_def.uses_features == (variant != "none")
+    assert cfg.model.backbone_def.name == backbone
 
 
 def test_partial_ablation_is_completed_with_keep():
-    cfg = RunConfig(variant="ours", ablation={"text": "noise"}).validate()
-    assert cfg.ablation == {"vision": "keep", "text": "noise", "id": "keep"}
+    cfg = RunConfig.create(variant="ours", ablation={"text": "noise"})
+    assert cfg.model.ablation == ("keep", "noise", "keep")
+    assert cfg.flat()["ablation"] == {"vision": "keep", "text": "noise", "id": "keep"}
 
 
 def test_unknown_option_in_config_file_is_named(tmp_path):
@@ -73,7 +99,7 @@ def test_unknown_option_in_config_file_is_named(tmp_path):
 
 
 def test_config_round_trips_through_its_own_dict(tmp_path):
-    cfg = RunConfig(backbone="fedrap", variant="gate", ablation={"id": "drop"}, dp_clip=0.5).validate()
+    cfg = RunConfig.create(backbone="fedrap", variant="gate", ablation={"id": "drop"}, dp_clip=0.5)
     path = tmp_path / "config.json"
-    path.write_text(json.dumps(cfg.to_dict()))
-    assert RunConfig.from_file(path).validate() == cfg
+    path.write_text(json.dumps(cfg.flat()))
+    assert RunConfig.from_file(path) == cfg

@@ -12,7 +12,7 @@ import torch
 
 from fedvlr_sim.engine.federation import sample_clients
 from fedvlr_sim.engine.simulation import local_federation
-from helpers_engine import assert_close_dicts, make_cfg, make_dataset, summary_metrics
+from helpers_engine import assert_close_dicts, history_of, make_cfg, make_dataset, run_federation, summary_metrics
 
 
 @pytest.fixture(scope="module")
@@ -21,19 +21,20 @@ def dataset():
 
 
 def _run(dataset, n_shards=1, **overrides):
-    fed = local_federation(make_cfg(rounds=2, **overrides), dataset, n_shards=n_shards)
-    summary = fed.run()
+    cfg = make_cfg(rounds=2, **overrides)
+    fed = local_federation(cfg, dataset, n_shards=n_shards)
+    summary = run_federation(cfg, fed)
     return fed, summary
 
 
 def _client_state(fed) -> dict[str, torch.Tensor]:
     """All users' local state, gathered across shards, in user order."""
-    names = fed.pool.shards[0].state.keys()
-    return {k: torch.cat([s.state[k] for s in fed.pool.shards]) for k in names}
+    names = fed.pool.shards[0].state_dict().keys()
+    return {k: torch.cat([s.state_dict()[k] for s in fed.pool.shards]) for k in names}
 
 
 def _losses(fed) -> list[float]:
-    return [r["loss"] for r in fed.state["history"]]
+    return [r["loss"] for r in history_of(fed)]
 
 
 CONFIGS = {
@@ -96,7 +97,7 @@ def test_different_seed_gives_different_result(dataset, baseline_runs):
 
 def test_best_round_is_selected_on_valid_only(dataset, baseline_runs):
     fed, summary = baseline_runs["fcf+ours"]
-    history = fed.state["history"]
+    history = history_of(fed)
     valid = [r["valid_ndcg@50"] for r in history]
     assert summary["best_round"] == history[int(np.argmax(valid))]["round"]
     assert summary["valid"]["ndcg@50"] == max(valid)
@@ -137,15 +138,15 @@ def test_sampling_is_roughly_uniform_over_users():
 
 def test_federation_round_trains_exactly_the_sampled_clients(dataset, baseline_runs):
     fed, _ = baseline_runs["fedrap+ours sampled"]
-    for record in fed.state["history"]:
+    for record in history_of(fed):
         assert record["clients"] == len(sample_clients(0, record["round"], dataset.n_users, 0.5))
     # unsampled users of round 1 keep their initial state after round 1 only
     fresh = local_federation(make_cfg(rounds=1, **CONFIGS["fedrap+ours sampled"]), dataset)
-    initial = {k: v.clone() for k, v in fresh.pool.shards[0].state.items()}
+    initial = {k: v.clone() for k, v in fresh.pool.shards[0].state_dict().items()}
     fresh.run_round(1)
     sampled = sample_clients(0, 1, dataset.n_users, 0.5)
     others = np.setdiff1d(np.arange(dataset.n_users), sampled)
-    state = fresh.pool.shards[0].state
+    state = fresh.pool.shards[0].state_dict()
     assert torch.equal(state["head.w"][others], initial["head.w"][others])
     assert not torch.equal(state["head.w"][sampled], initial["head.w"][sampled])
 

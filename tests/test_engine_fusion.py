@@ -20,9 +20,9 @@ def _features(seed=0):
 
 
 def _fusion(variant="ours", ablation=None, seed=0, vision=None, text=None):
-    cfg = RunConfig(variant=variant, dim=D, ablation=ablation or {}).validate()
+    cfg = RunConfig.create(variant=variant, dim=D, ablation=ablation or {})
     v, c = _features()
-    return Fusion(cfg, N_ITEMS, v if vision is None else vision, c if text is None else text,
+    return Fusion(cfg.model, N_ITEMS, v if vision is None else vision, c if text is None else text,
                   torch.Generator().manual_seed(seed))
 
 

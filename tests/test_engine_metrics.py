@@ -11,7 +11,7 @@ import torch
 from fedvlr_sim.engine.metrics import metrics_from_ranks, reference_scores
 from fedvlr_sim.engine.simulation import local_federation, problem_of
 from fedvlr_sim.engine.userdata import UserData
-from helpers_engine import dataset_from_lists, make_cfg, make_dataset, make_population
+from helpers_engine import dataset_from_lists, make_cfg, make_dataset, make_population, run_federation
 
 
 def _data(n_items, train, valid, test) -> UserData:
@@ -99,8 +99,8 @@ def test_item_zero_is_never_drawn_as_negative_for_a_user_who_trained_on_it():
     _, pop = make_population(cfg, ds)
     rows = np.array([0, 1])
     hist, mask = pop.data.padded_history(rows)
-    negatives = pop.negatives(1, rows, hist, mask)
-    drawn = negatives[0][mask[0].bool()[None, :, None].expand(cfg.local_epochs, -1, cfg.neg_ratio)]
+    negatives = pop.negatives(1, rows, hist.shape[1])
+    drawn = negatives[0][mask[0].bool()[None, :, None].expand(cfg.client.local_epochs, -1, cfg.client.neg_ratio)]
     assert 0 not in set(drawn.tolist())
 
 
@@ -110,7 +110,7 @@ def test_negatives_are_items_outside_the_users_train_set():
     _, pop = make_population(cfg, ds)
     rows = np.arange(ds.n_users)
     hist, mask = pop.data.padded_history(rows)
-    negatives = pop.negatives(1, rows, hist, mask)
+    negatives = pop.negatives(1, rows, hist.shape[1])
     drawn_anything = set()
     for row in rows:
         train = set(hist[row][mask[row].bool()].tolist())
@@ -155,8 +155,10 @@ def test_cold_first_reference_puts_never_trained_items_first_then_popularity():
 
 def test_federation_reports_reference_rankings_with_cold_and_warm_split():
     ds = make_dataset(n_users=15, n_items=25, seed=6, n_cold=4)
-    fed = local_federation(make_cfg(variant="none", rounds=1), ds)
+    cfg = make_cfg(variant="none", rounds=1)
+    fed = local_federation(cfg, ds)
     problem = fed.problem
+    baselines = problem.reference_metrics()
     counts = np.bincount(problem.data.train_items, minlength=ds.n_items)
     assert (counts == 0).any()
     cold_users = counts[problem.data.test] == 0
@@ -172,10 +174,10 @@ def test_federation_reports_reference_rankings_with_cold_and_warm_split():
             ranks.append(sum(1 for i in range(ds.n_items)
                              if i != target and i not in masked and score(i) > score(target)))
         ranks = np.array(ranks)
-        assert fed.baselines[name]["all"] == pytest.approx(metrics_from_ranks(ranks))
-        assert fed.baselines[name]["cold"] == pytest.approx(metrics_from_ranks(ranks[cold_users]), nan_ok=True)
-        assert fed.baselines[name]["warm"] == pytest.approx(metrics_from_ranks(ranks[~cold_users]))
-        assert fed.baselines[name]["n_cold"] == int(cold_users.sum())
-    summary = fed.run()
-    assert summary["baselines"]["popularity"] == fed.baselines["popularity"]["all"]
+        assert baselines[name]["all"] == pytest.approx(metrics_from_ranks(ranks))
+        assert baselines[name]["cold"] == pytest.approx(metrics_from_ranks(ranks[cold_users]), nan_ok=True)
+        assert baselines[name]["warm"] == pytest.approx(metrics_from_ranks(ranks[~cold_users]))
+        assert baselines[name]["n_cold"] == int(cold_users.sum())
+    summary = run_federation(cfg, fed)
+    assert summary["baselines"]["popularity"] == baselines["popularity"]["all"]
     assert summary["n_cold_test_users"] == int(cold_users.sum())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedvlr_sim.engine.callbacks import BestRound
 from fedvlr_sim.engine.simulation import local_federation
 from helpers_engine import clone_state, make_cfg, make_dataset, make_population
 
@@ -45,7 +46,7 @@ def test_users_with_different_histories_get_different_router_weights(trained_our
     a, b = _different_history_users(dataset)
     weights = trained_ours.pool.router_weights(trained_ours.server.publish())
     assert not np.allclose(weights[a], weights[b], atol=1e-4)
-    assert trained_ours.state["router_weights"] is not None, "the best round's router weights are kept"
+    assert trained_ours.callback(BestRound).router_weights is not None, "the best round's router weights are kept"
 
 
 def test_users_with_different_histories_get_different_rankings(trained_ours, dataset):
@@ -71,10 +72,10 @@ def test_round_starts_from_the_local_state_the_previous_round_ended_with(backbon
     cfg = make_cfg(backbone=backbone, variant=variant)
     users = np.arange(dataset.n_users)
     server, pop = make_population(cfg, dataset)
-    initial = clone_state(pop.state)
+    initial = clone_state(pop.state_dict())
     glob1 = server.publish()
     pop.train(1, users, glob1)
-    after_round_1 = clone_state(pop.state)
+    after_round_1 = clone_state(pop.state_dict())
     assert any(not torch.equal(initial[k], after_round_1[k]) for k in initial), "round 1 changed nothing"
     glob2 = {k: v.clone() for k, v in glob1.items()}  # same globals: only local state can differ
     upload_continued = pop.train(2, users, glob2)
@@ -82,8 +83,8 @@ def test_round_starts_from_the_local_state_the_previous_round_ended_with(backbon
     _, restored = make_population(cfg, dataset)
     restored.load_state_dict(after_round_1)
     upload_restored = restored.train(2, users, glob2)
-    for k in pop.state:
-        assert torch.equal(pop.state[k], restored.state[k]), k
+    for k in pop.state_dict():
+        assert torch.equal(pop.state_dict()[k], restored.state_dict()[k]), k
     for k in upload_continued.grads:
         assert torch.equal(upload_continued.grads[k], upload_restored.grads[k]), k
 
@@ -98,20 +99,20 @@ def test_local_state_persists_across_rounds_of_a_federation(dataset):
     cfg = make_cfg(backbone="fedrap", variant="ours", rounds=2)
     fed = local_federation(cfg, dataset)
     fed.run_round(1)
-    snapshot = clone_state(fed.pool.shards[0].state)
+    snapshot = clone_state(fed.pool.shards[0].state_dict())
     glob2 = {k: v.clone() for k, v in fed.server.publish().items()}
     fed.run_round(2)
     _, restored = make_population(cfg, dataset)
     restored.load_state_dict(snapshot)
     restored.train(2, np.arange(dataset.n_users), glob2)
-    for k, v in fed.pool.shards[0].state.items():
-        torch.testing.assert_close(v, restored.state[k], atol=0, rtol=0, msg=lambda m: f"{k}: {m}")
+    for k, v in fed.pool.shards[0].state_dict().items():
+        torch.testing.assert_close(v, restored.state_dict()[k], atol=0, rtol=0, msg=lambda m: f"{k}: {m}")
 
 
 def test_router_stays_on_the_client_and_is_never_overwritten_by_the_server(trained_ours, dataset):
     fed = trained_ours
     server_names = [n for n, _ in fed.server.named_parameters()] + list(fed.server.state_dict())
     assert not any("router" in n for n in server_names)
-    router = fed.pool.shards[0].state["router.w1"]
+    router = fed.pool.shards[0].state_dict()["router.w1"]
     assert router.shape[0] == dataset.n_users
     assert not torch.allclose(router[0], router[1])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedvlr_sim.engine.client import Upload
+from fedvlr_sim.engine.messages import Upload
 from helpers_engine import alpha_of, make_cfg, make_dataset, make_population, ref_loss
 
 
@@ -33,7 +33,7 @@ def test_server_step_equals_sgd_on_autograd_of_summed_client_losses(backbone, va
     cfg = make_cfg(backbone=backbone, variant=variant, local_epochs=1, batch_size=64, server_lr=server_lr)
     server, pop = make_population(cfg, dataset)
     reference = copy.deepcopy(server)
-    start_local = {k: v.clone() for k, v in pop.state.items()}
+    start_local = {k: v.clone() for k, v in pop.params.items()}
     before = _params(server)
 
     round_idx = 2
@@ -48,8 +48,7 @@ def test_server_step_equals_sgd_on_autograd_of_summed_client_losses(backbone, va
     objective, weight = 0.0, 0.0
     for row, u in enumerate(pop.data.users):
         items = torch.from_numpy(pop.data.train_items[pop.data.train_ptr[row]:pop.data.train_ptr[row + 1]].copy())
-        mask = torch.ones(1, len(items))
-        neg = pop.negatives(round_idx, np.array([row]), items[None], mask)[0, 0]     # epoch 0
+        neg = pop.negatives(round_idx, np.array([row]), len(items))[0, 0]     # epoch 0
         local = {k: v[row].float() for k, v in start_local.items() if k != "seen"}
         if backbone == "pfedrec":
             local["table"] = torch.zeros_like(local["table"])

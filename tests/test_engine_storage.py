@@ -15,22 +15,19 @@ def two_users() -> UserData:
 
 
 def test_auto_storage_switches_to_bf16_above_two_gib_of_float32():
-    cfg = RunConfig(backbone="fedrap", variant="none").validate()
-    assert table_dtype(cfg, n_users=1000, n_items=100, width=64) == torch.float32
-    assert table_dtype(cfg, n_users=15_908, n_items=2_528, width=64) == torch.bfloat16
+    assert table_dtype("auto", n_users=1000, n_items=100, width=64) == torch.float32
+    assert table_dtype("auto", n_users=15_908, n_items=2_528, width=64) == torch.bfloat16
 
 
 def test_explicit_storage_is_respected():
-    cfg = RunConfig(backbone="pfedrec", variant="none", table_dtype="bfloat16").validate()
-    assert table_dtype(cfg, n_users=2, n_items=10, width=8) == torch.bfloat16
-    cfg = RunConfig(backbone="pfedrec", variant="none", table_dtype="float32").validate()
-    assert table_dtype(cfg, n_users=15_908, n_items=2_528, width=64) == torch.float32
+    assert table_dtype("bfloat16", n_users=2, n_items=10, width=8) == torch.bfloat16
+    assert table_dtype("float32", n_users=15_908, n_items=2_528, width=64) == torch.float32
 
 
 def test_a_small_shard_of_a_large_federation_stores_tables_like_the_federation():
-    cfg = RunConfig(backbone="fedrap", variant="none", dim=8).validate()
-    small_alone = ClientPopulation(cfg, two_users(), n_items=100, n_views=1, width=8)
-    shard_of_many = ClientPopulation(cfg, two_users(), n_items=100, n_views=1, width=8, total_users=10**6)
-    assert small_alone.state["table"].dtype == torch.float32
-    assert shard_of_many.state["table"].dtype == torch.bfloat16
-    assert shard_of_many.state["table"].shape == (2, 100, 8)
+    cfg = RunConfig.create(backbone="fedrap", variant="none", dim=8)
+    small_alone = ClientPopulation(cfg.model, cfg.client, cfg.seed, two_users(), n_items=100)
+    shard_of_many = ClientPopulation(cfg.model, cfg.client, cfg.seed, two_users(), n_items=100, total_users=10**6)
+    assert small_alone.params["table"].dtype == torch.float32
+    assert shard_of_many.params["table"].dtype == torch.bfloat16
+    assert shard_of_many.params["table"].shape == (2, 100, 8)

@@ -10,10 +10,10 @@ import ray
 import torch
 
 from fedvlr_sim.config import RunConfig
-from fedvlr_sim.engine.resources import peak_rss_bytes
 from fedvlr_sim.engine import checkpoint
-from fedvlr_sim.engine.client import ClientPopulation, Upload
-from fedvlr_sim.engine.simulation import problem_of
+from fedvlr_sim.engine.messages import Upload
+from fedvlr_sim.engine.resources import peak_rss_bytes
+from fedvlr_sim.engine.simulation import make_population, problem_of
 
 
 def as_tensors(glob) -> dict[str, torch.Tensor]:
@@ -29,16 +29,15 @@ def as_tensors(glob) -> dict[str, torch.Tensor]:
 class ClientShard:
     """Wraps an engine `ClientPopulation`. One call per round trains all its sampled users."""
 
-    def __init__(self, cfg: RunConfig, first_user: int, end_user: int, n_views: int, width: int, threads: int = 1):
-        """Owns users first_user..end_user-1 of `cfg.dataset`, which it loads itself (so a
+    def __init__(self, cfg: RunConfig, first_user: int, end_user: int, threads: int = 1):
+        """Owns users first_user..end_user-1 of `cfg.launch.dataset`, which it loads itself (so a
         restarted shard needs nothing from the driver; on a cluster `--data-dir` must be
         readable from every node)."""
         from fedvlr_sim.datasets import load_dataset
 
         torch.set_num_threads(threads)
-        problem = problem_of(load_dataset(cfg.dataset, Path(cfg.data_dir), seed=cfg.seed))
-        data = problem.data.subset(np.arange(first_user, end_user))
-        self.population = ClientPopulation(cfg, data, problem.n_items, n_views, width, problem.n_users)
+        problem = problem_of(load_dataset(cfg.launch.dataset, Path(cfg.launch.data_dir), seed=cfg.seed))
+        self.population = make_population(cfg, problem, np.arange(first_user, end_user))
 
     def users(self) -> np.ndarray:
         return self.population.data.users

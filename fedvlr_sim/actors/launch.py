@@ -1,26 +1,34 @@
-"""Start (or join) Ray, place the actors, and follow a run from the driver."""
+"""Start (or join) Ray, place the actors of a run, and run its loop with shard recovery.
+
+The loop itself runs in the driver (`fedvlr-sim run`, or the entrypoint of `ray job submit`,
+which Ray keeps running on the head node): it samples clients, makes one call per shard per
+round and gathers the partial uploads with ray.wait. A shard that dies is restarted by Ray;
+every shard then reloads the last checkpoint and the lost rounds are replayed exactly.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import ray
 
 from fedvlr_sim.actors.client_shard import ClientShard
-from fedvlr_sim.actors.parameter_server import ParameterServer
-from fedvlr_sim.actors.scheduler import SHARD_FAILURES, Scheduler
+from fedvlr_sim.actors.metrics import RayMetrics
+from fedvlr_sim.actors.parameter_server import ParameterServer, ServerProxy
+from fedvlr_sim.actors.pool import SHARD_FAILURES, RayPool
 from fedvlr_sim.config import RunConfig
-from fedvlr_sim.engine.federation import shard_users
-from fedvlr_sim.engine.simulation import features_of, problem_of
+from fedvlr_sim.engine import checkpoint
+from fedvlr_sim.engine.federation import Federation, Problem, shard_users
+from fedvlr_sim.engine.simulation import features_of
 from fedvlr_sim.errors import FedVLRError
+
+MAX_RECOVERIES = 3
 
 
 @contextlib.contextmanager
@@ -64,96 +72,85 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
 
 @dataclass
 class Placement:
-    """The actors of one run, before any Scheduler drives them."""
+    """The actors of one run."""
 
     server: object
     shards: list
     shard_users: list
     server_device: str
 
+    def kill(self) -> None:
+        for actor in [self.server, *self.shards]:
+            ray.kill(actor)
 
-def place_actors(cfg: RunConfig, dataset, problem, tag: str) -> Placement:
+
+def place_actors(cfg: RunConfig, dataset, problem: Problem, tag: str) -> Placement:
     """A ParameterServer (on a GPU when the cluster has one) and one ClientShard per CPU (or
-    `cfg.shards`), each owning a contiguous slice of users."""
+    `--shards`), each owning a contiguous slice of users and loading its own data."""
     resources = ray.cluster_resources()
     if int(resources.get("CPU", 0)) < 1:
         raise FedVLRError("--address: the Ray cluster has no CPU to place a client shard on")
+    cfg = cfg.replace(data_dir=str(Path(cfg.launch.data_dir).resolve()))   # actors' cwd differs
     vision, text = features_of(dataset, cfg)
     use_gpu = resources.get("GPU", 0) >= 1
     server = ParameterServer.options(name=f"fedvlr-parameter-server-{tag}", num_gpus=1 if use_gpu else 0).remote(
         cfg, dataset.n_items, vision, text)
-    n_views, width, device = ray.get(server.shape.remote())
-    users = shard_users(problem.n_users, cfg.shards or int(resources["CPU"]))
-    shards = [ClientShard.options(name=f"fedvlr-shard-{i}-{tag}", max_restarts=3, max_task_retries=0).remote(
-                  cfg, int(mine[0]), int(mine[-1]) + 1, n_views, width)
-              for i, mine in enumerate(users)]
+    _, _, device = ray.get(server.shape.remote())
+    users = shard_users(problem.n_users, cfg.launch.shards or int(resources["CPU"]))
+    shards = [ClientShard.options(name=f"fedvlr-shard-{i}-{tag}", max_restarts=MAX_RECOVERIES, max_task_retries=0)
+              .remote(cfg, int(mine[0]), int(mine[-1]) + 1) for i, mine in enumerate(users)]
+    placement = Placement(server, shards, users, device)
     expected = [problem.data.subset(mine).fingerprint() for mine in users]
     if ray.get([s.fingerprint.remote() for s in shards]) != expected:
-        for actor in [server, *shards]:
-            ray.kill(actor)
-        raise FedVLRError(f"--data-dir {cfg.data_dir}: the client shards loaded different data for dataset "
-                          f"{cfg.dataset!r} (seed {cfg.seed}) than the driver; the prepared dataset must be the "
-                          "same and readable on every node")
-    return Placement(server, shards, users, device)
+        placement.kill()
+        raise FedVLRError(f"--data-dir {cfg.launch.data_dir}: the client shards loaded different data for dataset "
+                          f"{cfg.launch.dataset!r} (seed {cfg.seed}) than the driver; the prepared dataset must be "
+                          "the same and readable on every node")
+    return placement
 
 
-class RayRun:
-    """One run's actors: a ParameterServer, ClientShards and the Scheduler that drives them."""
+class RayBackend:
+    """A run's server and pool in actors, with the Ray metrics callback and shard recovery."""
 
-    def __init__(self, cfg: RunConfig, dataset, run_dir: Path, resume: Path | None = None):
-        problem = problem_of(dataset)
-        cfg = dataclasses.replace(cfg, data_dir=str(Path(cfg.data_dir).resolve()))   # actors' cwd differs
-        run_dir = Path(run_dir).resolve()
-        tag = f"{run_dir.name}-{uuid.uuid4().hex[:6]}"
-        placed = place_actors(cfg, dataset, problem, tag)
-        self.server, self.shards, self.server_device = placed.server, placed.shards, placed.server_device
-        self.scheduler = Scheduler.options(name=f"fedvlr-scheduler-{tag}").remote(
-            cfg, problem, self.server, self.shards, placed.shard_users, str(run_dir),
-            str(Path(resume).resolve()) if resume else None)
-        self._result = None
-        self._seen = 0
+    def __init__(self, placement: Placement, problem: Problem, run_name: str):
+        self.placement = placement
+        self.server = ServerProxy(placement.server)
+        self.pool = RayPool(placement.shards, placement.shard_users, problem.n_users)
+        self.callbacks = [RayMetrics(run_name, self.server)]
+        self.info = {"shards": len(placement.shards), "server_device": placement.server_device, "recoveries": 0}
 
-    def start(self) -> "RayRun":
-        self._result = self.scheduler.run.remote()
-        return self
-
-    def poll(self) -> list[dict]:
-        """Round records produced since the last poll."""
-        records = ray.get(self.scheduler.progress.remote(self._seen))
-        self._seen += len(records)
-        return records
-
-    def wait(self, on_round: Callable[[dict], None] = lambda r: None, interval: float = 0.3) -> dict:
-        """Follow the run to its end, reporting each round; return its outcome
-        (`Federation.outcome()`: summary, history, router weights)."""
-        if self._result is None:
-            self.start()
+    def run(self, fed: Federation, run_dir: Path | None) -> None:
+        """`fed.run()`, recovering from dead shards through the last checkpoint."""
+        if run_dir and fed.loop.checkpoint_every and checkpoint.latest(run_dir) is None:
+            fed.save_checkpoint(run_dir)
         while True:
-            done, _ = ray.wait([self._result], timeout=interval)
-            for record in self.poll():
-                on_round(record)
-            if done:
-                outcome = ray.get(self._result)
-                outcome["summary"] |= {"shards": len(self.shards), "server_device": self.server_device}
-                return outcome
+            try:
+                return fed.run()
+            except SHARD_FAILURES as err:
+                folder = checkpoint.latest(run_dir) if run_dir else None
+                if self.info["recoveries"] >= MAX_RECOVERIES or folder is None:
+                    raise _lost(err) from None
+                self.info["recoveries"] += 1
+                try:
+                    self.pool.wait_alive()
+                    fed.restore(folder)
+                except SHARD_FAILURES as again:   # the parameter server has no replica
+                    raise _lost(again) from None
 
-    def close(self) -> None:
-        for actor in [self.scheduler, self.server, *self.shards]:
-            ray.kill(actor)
+
+def _lost(err: Exception) -> FedVLRError:
+    reason = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
+    return FedVLRError("an actor of the run died and the run could not recover (out of memory? the Ray logs say "
+                       "more; with --checkpoint-every N a restarted client shard resumes from the last checkpoint, "
+                       f"a lost parameter server cannot): {reason}")
 
 
-def run_on_ray(cfg: RunConfig, dataset, run_dir: Path, on_round: Callable[[dict], None],
-               resume: Path | None = None) -> dict:
-    """Run a federation on Ray (joining `cfg.address` or a private local instance); return its
-    outcome (summary, history, router weights)."""
-    with ray_session(cfg.address):
-        run = RayRun(cfg, dataset, run_dir, resume)
+@contextlib.contextmanager
+def ray_backend(cfg: RunConfig, dataset, problem: Problem, run_name: str = "run"):
+    """Join or start Ray, place the actors, yield a RayBackend; remove the actors afterwards."""
+    with ray_session(cfg.launch.address):
+        placement = place_actors(cfg, dataset, problem, f"{run_name}-{uuid.uuid4().hex[:6]}")
         try:
-            return run.wait(on_round)
-        except SHARD_FAILURES as err:
-            reason = str(err).strip().splitlines()[-1][:300]
-            raise FedVLRError(
-                f"a client shard died and the run could not recover (out of memory? the Ray logs say more; with "
-                f"--checkpoint-every N a restarted shard resumes from the last checkpoint): {reason}") from None
+            yield RayBackend(placement, problem, run_name)
         finally:
-            run.close()
+            placement.kill()

@@ -7,8 +7,8 @@ import ray
 import torch
 
 from fedvlr_sim.config import RunConfig
+from fedvlr_sim.engine.messages import Upload
 from fedvlr_sim.engine.resources import peak_rss_bytes
-from fedvlr_sim.engine.client import Upload
 from fedvlr_sim.engine.server import Server
 
 
@@ -23,29 +23,26 @@ class ParameterServer:
 
     def __init__(self, cfg: RunConfig, n_items: int, vision, text):
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.server = Server(cfg, n_items, vision, text, device=device)
-        self.bytes_put = 0
+        self.server = Server(cfg.model, cfg.server, cfg.seed, n_items, vision, text, device=device)
 
     def shape(self) -> tuple[int, int, str]:
         """(number of views, view width, device)."""
         return self.server.n_views, self.server.width, str(self.server.device)
 
-    def _put(self, tensors: dict[str, torch.Tensor]) -> list[ray.ObjectRef]:
+    @staticmethod
+    def _put(tensors: dict[str, torch.Tensor]) -> tuple[list[ray.ObjectRef], int]:
+        """The globals put in the object store once ([reference], bytes put)."""
         arrays = to_numpy(tensors)
-        self.bytes_put = sum(a.nbytes for a in arrays.values())
-        return [ray.put(arrays)]   # wrapped in a list so the caller receives the reference
+        return [ray.put(arrays)], sum(a.nbytes for a in arrays.values())
 
-    def publish(self) -> list[ray.ObjectRef]:
+    def publish(self):
         return self._put(self.server.publish())
 
-    def altered_globals(self, modality: str) -> list[ray.ObjectRef]:
+    def altered_globals(self, modality: str):
         return self._put(self.server.altered_globals(modality))
 
     def apply(self, upload: Upload) -> float:
         return self.server.apply(upload)
-
-    def last_bytes_put(self) -> int:
-        return self.bytes_put
 
     def peak_rss_bytes(self) -> int:
         return peak_rss_bytes()
@@ -62,12 +59,15 @@ class ServerProxy:
 
     def __init__(self, actor):
         self.actor = actor
+        self.bytes_put = 0   # bytes of the last globals put in the object store
 
     def publish(self):
-        return ray.get(self.actor.publish.remote())[0]
+        (ref,), self.bytes_put = ray.get(self.actor.publish.remote())
+        return ref
 
     def altered_globals(self, modality: str):
-        return ray.get(self.actor.altered_globals.remote(modality))[0]
+        (ref,), _ = ray.get(self.actor.altered_globals.remote(modality))
+        return ref
 
     def apply(self, upload: Upload) -> float:
         return ray.get(self.actor.apply.remote(upload))

@@ -3,7 +3,9 @@
 `Federation` drives rounds against a `server` (publish / apply) and a `pool` of client shards
 (train / ranks / reliance / router_weights / save / load). `LocalPool` keeps the shards in this
 process (`--backend local`); the Ray backend passes actor-backed equivalents, so both run the
-very same loop and engine code.
+very same loop and engine code. The loop names no algorithm and does no side duty itself:
+selection, early stopping, history, checkpoints, progress and metrics are callbacks
+(engine/callbacks.py) that it calls at fixed points of each round.
 """
 
 from __future__ import annotations
@@ -12,19 +14,18 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
-import torch
 
-from fedvlr_sim.config import RunConfig
+from fedvlr_sim.config import LoopConfig
 from fedvlr_sim.engine import checkpoint
-from fedvlr_sim.engine.client import ClientPopulation, Upload
-from fedvlr_sim.engine.metrics import metrics_from_ranks, reference_scores, spearman
+from fedvlr_sim.engine.client import ClientPopulation
+from fedvlr_sim.engine.messages import RoundRecord, Upload
+from fedvlr_sim.engine.metrics import metrics_from_ranks, reference_ranks
 from fedvlr_sim.engine.rng import Stream, uniform
 from fedvlr_sim.engine.userdata import UserData
-
-MODALITIES = ("vision", "text", "id")
+from fedvlr_sim.errors import FedVLRError
 
 
 @dataclass
@@ -45,6 +46,17 @@ class Problem:
     def cold_test(self) -> np.ndarray:
         """Users whose test item never occurs in train."""
         return self.item_train_counts[self.data.test] == 0
+
+    def split_metrics(self, test_ranks: np.ndarray) -> dict:
+        """Test metrics over all users, users with a cold test item, and the rest."""
+        cold = self.cold_test
+        return {"all": metrics_from_ranks(test_ranks), "cold": metrics_from_ranks(test_ranks[cold]),
+                "warm": metrics_from_ranks(test_ranks[~cold]), "n_cold": int(cold.sum())}
+
+    def reference_metrics(self) -> dict:
+        """Test metrics of the reference rankings, split like a model's."""
+        return {name: self.split_metrics(ranks)
+                for name, ranks in reference_ranks(self.data, self.item_train_counts).items()}
 
 
 def sample_clients(seed: int, round_idx: int, n_users: int, ratio: float) -> np.ndarray:
@@ -109,130 +121,93 @@ class LocalPool:
 
 
 class Federation:
-    """Runs rounds, evaluates on valid, selects on valid, checkpoints, and summarises."""
+    """Runs rounds and evaluates on valid; callbacks do everything else."""
 
-    def __init__(self, cfg: RunConfig, problem: Problem, server, pool: Pool, run_dir: Path | None = None,
-                 on_round: Callable[[dict], None] | None = None):
-        self.cfg, self.problem, self.server, self.pool = cfg, problem, server, pool
-        self.run_dir = Path(run_dir) if run_dir else None
-        self.on_round = on_round or (lambda record: None)
-        self.state = {"round": 0, "best_round": 0, "best": None, "history": [], "seconds": 0.0,
-                      "router_weights": None}
-        self.baselines = self._reference_metrics()
+    def __init__(self, loop: LoopConfig, seed: int, problem: Problem, server, pool: Pool, callbacks=()):
+        self.loop, self.seed, self.problem, self.server, self.pool = loop, seed, problem, server, pool
+        self.callbacks = list(callbacks)
+        self.round = 0
+        self.seconds = 0.0
+        self.stop_reason = ""
 
-    # ------------------------------------------------------------ evaluation
-    def _reference_metrics(self) -> dict:
-        data, out = self.problem.data, {}
-        rows = np.arange(self.problem.n_users)
-        for name, scores in reference_scores(self.problem.item_train_counts).items():
-            ranks = np.zeros(len(rows), dtype=np.int64)
-            for chunk in np.array_split(rows, max(1, len(rows) * self.problem.n_items // 2**24)):
-                table = torch.from_numpy(scores).expand(len(chunk), -1)
-                ranks[chunk] = data.rank_targets(chunk, table, "test")
-            out[name] = self._split_metrics(ranks)
-        return out
+    def callback(self, kind: type):
+        """The first callback of class `kind`, or None."""
+        return next((c for c in self.callbacks if isinstance(c, kind)), None)
 
-    def _split_metrics(self, ranks: np.ndarray) -> dict:
-        cold = self.problem.cold_test
-        return {"all": metrics_from_ranks(ranks), "cold": metrics_from_ranks(ranks[cold]),
-                "warm": metrics_from_ranks(ranks[~cold]), "n_cold": int(cold.sum())}
+    def stop(self, reason: str) -> None:
+        """Ask the loop to end after the current round, saying why."""
+        self.stop_reason = reason
 
     def evaluate(self, glob: dict) -> tuple[dict, dict]:
         """(valid metrics, test metrics split cold/warm) of the current model."""
         ranks = self.pool.ranks(glob)
-        return metrics_from_ranks(ranks[:, 0]), self._split_metrics(ranks[:, 1])
+        return metrics_from_ranks(ranks[:, 0]), self.problem.split_metrics(ranks[:, 1])
 
-    def modality_spearman(self, glob: dict) -> dict | None:
-        """Per modality, Spearman across users between measured reliance and planted weight."""
-        planted = self.problem.planted_weights
-        if planted is None or not self.cfg.uses_features:
-            return None
-        altered = [self.server.altered_globals(m) for m in MODALITIES]
-        reliance = self.pool.reliance(glob, altered)
-        out = {m: spearman(reliance[:, j], planted[:, j]) for j, m in enumerate(MODALITIES)}
-        finite = [v for v in out.values() if np.isfinite(v)]
-        out["mean"] = float(np.mean(finite)) if finite else float("nan")
-        return out
-
-    # ------------------------------------------------------------ the loop
-    def run_round(self, round_idx: int) -> dict:
-        """One round of Algorithm 1; returns its record (loss, timings)."""
-        cfg = self.cfg
+    def run_round(self, round_idx: int) -> RoundRecord:
+        """One round of Algorithm 1 (no evaluation)."""
         start = time.perf_counter()
-        users = sample_clients(cfg.seed, round_idx, self.problem.n_users, cfg.sample_ratio)
+        users = sample_clients(self.seed, round_idx, self.problem.n_users, self.loop.sample_ratio)
         glob = self.server.publish()
         upload = self.pool.train(round_idx, users, glob)
         grad_norm = self.server.apply(upload)
         seconds = time.perf_counter() - start
-        return {"round": round_idx, "loss": upload.loss_sum / max(upload.n_users, 1), "clients": upload.n_users,
-                "grad_norm": grad_norm, "train_seconds": seconds,
-                "updates_per_second": upload.n_users / max(seconds, 1e-9)}
+        return RoundRecord(round=round_idx, loss=upload.loss_sum / max(upload.n_users, 1), clients=upload.n_users,
+                           grad_norm=grad_norm, train_seconds=seconds,
+                           updates_per_second=upload.n_users / max(seconds, 1e-9))
 
-    def run(self) -> dict:
-        """Train until `rounds` or early stopping; return the summary."""
-        cfg, state = self.cfg, self.state
-        while state["round"] < cfg.rounds:
-            round_idx = state["round"] + 1
+    def run(self) -> None:
+        """Train until `rounds` or until a callback stops the run."""
+        loop = self.loop
+        while self.round < loop.rounds and not self.stop_reason:
+            round_idx = self.round + 1
             started = time.perf_counter()
             record = self.run_round(round_idx)
-            if round_idx % cfg.eval_every == 0 or round_idx == cfg.rounds:
-                self._evaluate_round(record)
-            state["round"] = round_idx
-            state["seconds"] += time.perf_counter() - started
-            record["seconds"] = state["seconds"]
-            state["history"].append(record)
-            self.on_round(record)
-            stop = round_idx - state["best_round"] >= cfg.patience and state["best"] is not None
-            if self.run_dir and cfg.checkpoint_every and (round_idx % cfg.checkpoint_every == 0 or stop):
-                self.save_checkpoint()
-            if stop:
-                break
-        return self.summary()
-
-    def _evaluate_round(self, record: dict) -> None:
-        glob = self.server.publish()
-        valid, test = self.evaluate(glob)
-        record.update({f"valid_{k}": v for k, v in valid.items()})
-        best = self.state["best"]
-        if best is None or valid[self.cfg.select_metric] > best["valid"][self.cfg.select_metric]:
-            self.state["best_round"] = record["round"]
-            self.state["best"] = {"valid": valid, "test": test, "modality_spearman": self.modality_spearman(glob)}
-            if self.cfg.uses_router:
-                self.state["router_weights"] = self.pool.router_weights(glob).tolist()
-
-    def summary(self) -> dict:
-        best = self.state["best"] or {"valid": {}, "test": {"all": {}, "cold": {}, "warm": {}, "n_cold": 0}}
-        cfg = self.cfg
-        out = {
-            "dataset": self.problem.name, "backbone": cfg.backbone, "variant": cfg.variant,
-            "best_round": self.state["best_round"], "rounds_run": self.state["round"],
-            "selected_on": f"valid {cfg.select_metric}",
-            "valid": best["valid"], "test": best["test"]["all"], "test_cold": best["test"]["cold"],
-            "test_warm": best["test"]["warm"], "n_users": self.problem.n_users,
-            "n_cold_test_users": best["test"]["n_cold"],
-            "baselines": {k: v["all"] for k, v in self.baselines.items()},
-            "baselines_cold": {k: v["cold"] for k, v in self.baselines.items()},
-            "baselines_warm": {k: v["warm"] for k, v in self.baselines.items()},
-            "seconds": self.state["seconds"], "config": cfg.to_dict(),
-        }
-        if best.get("modality_spearman") is not None:
-            out["modality_spearman"] = best["modality_spearman"]
-        return out
-
-    def outcome(self) -> dict:
-        """Everything a results folder needs: the summary, per-round records, router weights."""
-        return {"summary": self.summary(), "history": self.state["history"],
-                "router_weights": self.state["router_weights"]}
+            if round_idx % loop.eval_every == 0 or round_idx == loop.rounds:
+                glob = self.server.publish()
+                record.valid, test = self.evaluate(glob)
+                for c in self.callbacks:
+                    c.on_evaluation(self, record, glob, test)
+            self.round = round_idx
+            self.seconds += time.perf_counter() - started
+            record.seconds = self.seconds
+            if round_idx == loop.rounds and not self.stop_reason:
+                self.stop(f"reached --rounds {loop.rounds}")
+            for c in self.callbacks:
+                c.on_round_end(self, record)
 
     # ------------------------------------------------------------ checkpoints
-    def save_checkpoint(self) -> None:
-        tmp = checkpoint.begin(self.run_dir)
+    def state_dict(self) -> dict:
+        """The loop's own state and every callback's (JSON)."""
+        return {"round": self.round, "seconds": self.seconds, "stop_reason": self.stop_reason,
+                "data_fingerprint": self.problem.data.fingerprint(),
+                "callbacks": {c.key: c.state_dict() for c in self.callbacks if c.key}}
+
+    def save_checkpoint(self, run_dir: Path) -> None:
+        tmp = checkpoint.begin(run_dir)
         self.pool.save(tmp)
-        checkpoint.commit(self.run_dir, tmp, self.server.full_state(), self.state)
+        checkpoint.commit(run_dir, tmp, self.server.full_state(), self.state_dict())
 
     def restore(self, folder: Path) -> None:
-        """Continue from a checkpoint folder: server, every client, and the loop's state."""
-        server_state, loop_state = checkpoint.read(folder)
+        """Continue from a checkpoint folder: server, every client, the loop and its callbacks."""
+        server_state, state = checkpoint.read(folder)
+        state = _upgrade_loop_state(state)
+        fingerprint = self.problem.data.fingerprint()
+        if state.get("data_fingerprint", fingerprint) != fingerprint:
+            raise FedVLRError(f"--resume: {folder} was trained on other data than dataset {self.problem.name!r} "
+                              "holds now (re-prepared or changed?); resume needs the same prepared dataset")
         self.server.load_full_state(server_state)
         self.pool.load(folder)
-        self.state = loop_state
+        self.round, self.seconds = int(state["round"]), float(state["seconds"])
+        self.stop_reason = state.get("stop_reason", "") if self.round >= self.loop.rounds else ""
+        for c in self.callbacks:
+            if c.key in state["callbacks"]:
+                c.load_state_dict(state["callbacks"][c.key])
+
+
+def _upgrade_loop_state(state: dict) -> dict:
+    """Read the loop state of checkpoints written before callbacks held their own state."""
+    if "callbacks" in state:
+        return state
+    best = {"round": state["best_round"], "best": state["best"], "router_weights": state["router_weights"]}
+    return {"round": state["round"], "seconds": state["seconds"],
+            "callbacks": {"best": best, "history": {"records": state["history"]}}}

@@ -1,14 +1,7 @@
-"""Server-side fusion operators (SPEC.md section 2 and the variants of section 4).
+"""The server's fusion module: item inputs V, C, D -> the broadcast views (|G| x |I| x w).
 
-`Fusion` turns the frozen item features V (vision) and C (text) and the learnable ID table D
-into the views F (|G| x |I| x w) that the server broadcasts:
-
-- `none`: F = [D]                       (the ID-only backbone)
-- `sum`, `mlp`, `gate`: one operator     (fusion-strategy ablation; `mlp` is also the paper's
-                                          "+MLP" one-size-fits-all baseline)
-- `ours`: F = [F_sum, F_mlp, F_gate]     (bi-level fusion; clients mix them with their router)
-- `vbpr`: F = [[D ; E [V;C]]]            (federated VBPR, width 2d)
-
+What the views are is the variant's (`engine/variants.py`) and the operators' business
+(`engine/operators.py`); this module holds the inputs and the learnable parameters.
 Modality ablation: a dropped modality enters every operator as zeros (its projection is
 removed); a noised one is replaced by fixed Gaussian noise with the same per-row norm.
 """
@@ -18,16 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedvlr_sim.config import RunConfig
-
-OPERATORS_BY_VARIANT = {
-    "none": (),
-    "sum": ("sum",),
-    "mlp": ("mlp",),
-    "gate": ("gate",),
-    "ours": ("sum", "mlp", "gate"),
-    "vbpr": (),
-}
+from fedvlr_sim.config import ModelConfig
 
 
 def matched_norm_noise(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -39,37 +23,24 @@ def matched_norm_noise(x: torch.Tensor, generator: torch.Generator) -> torch.Ten
 class Fusion(nn.Module):
     """Computes the broadcast views from V, C and D for one variant."""
 
-    def __init__(self, cfg: RunConfig, n_items: int, vision: torch.Tensor | None,
+    def __init__(self, model_cfg: ModelConfig, n_items: int, vision: torch.Tensor | None,
                  text: torch.Tensor | None, generator: torch.Generator):
         super().__init__()
-        d = cfg.dim
-        self.variant = cfg.variant
-        self.operators = OPERATORS_BY_VARIANT[cfg.variant]
-        ablation = cfg.ablation
-        initial_ids = torch.randn(n_items, d, generator=generator) * 0.1
-        if ablation["id"] == "keep":
+        self.variant = model_cfg.variant_def
+        initial_ids = torch.randn(n_items, model_cfg.dim, generator=generator) * 0.1
+        if model_cfg.ablation_of("id") == "keep":
             self.ids = nn.Parameter(initial_ids)
         else:
-            self.register_buffer("ids", torch.zeros_like(initial_ids) if ablation["id"] == "drop"
+            self.register_buffer("ids", torch.zeros_like(initial_ids) if model_cfg.ablation_of("id") == "drop"
                                  else matched_norm_noise(initial_ids, generator))
-        self.kept = {m: ablation[m] != "drop" for m in ("vision", "text")}
-        if cfg.uses_features:
+        self.kept = {m: model_cfg.ablation_of(m) != "drop" for m in ("vision", "text")}
+        if self.variant.uses_features:
             for name, feats in (("vision", vision), ("text", text)):
                 feats = feats.float()
-                if ablation[name] == "noise":
+                if model_cfg.ablation_of(name) == "noise":
                     feats = matched_norm_noise(feats, generator)
                 self.register_buffer(name, feats if self.kept[name] else torch.zeros_like(feats))
-        if self.operators:
-            self.project = nn.ModuleDict({
-                m: nn.Sequential(nn.Linear(getattr(self, m).shape[1], d), nn.LayerNorm(d))
-                for m in ("vision", "text") if self.kept[m]})
-        if "mlp" in self.operators:
-            self.mlp = nn.Sequential(nn.Linear(3 * d, 2 * d), nn.ReLU(), nn.Linear(2 * d, 2 * d),
-                                     nn.ReLU(), nn.Linear(2 * d, d))
-        if "gate" in self.operators:
-            self.gate = nn.Linear(3 * d, 3 * d)
-        if cfg.variant == "vbpr":
-            self.visual_map = nn.Linear(self.vision.shape[1] + self.text.shape[1], d, bias=False)
+        self.variant.build(self, model_cfg.dim)
         self._reset(generator)
 
     def _reset(self, generator: torch.Generator) -> None:
@@ -83,12 +54,16 @@ class Fusion(nn.Module):
                         module.bias.uniform_(-bound, bound, generator=generator)
 
     @property
+    def operators(self) -> tuple[str, ...]:
+        return self.variant.operators
+
+    @property
     def n_views(self) -> int:
-        return max(1, len(self.operators))
+        return self.variant.n_views
 
     @property
     def width(self) -> int:
-        return 2 * self.ids.shape[1] if self.variant == "vbpr" else self.ids.shape[1]
+        return self.variant.width(self.ids.shape[1])
 
     def _raw(self, name: str, replace_by_mean: str | None) -> torch.Tensor:
         x = self.ids if name == "id" else getattr(self, name)
@@ -97,23 +72,4 @@ class Fusion(nn.Module):
     def forward(self, replace_by_mean: str | None = None) -> torch.Tensor:
         """The views F, shape (n_views, n_items, width). `replace_by_mean` names a modality
         (vision, text or id) whose input is replaced by its mean row, to measure reliance."""
-        ids = self._raw("id", replace_by_mean)
-        if self.variant == "none":
-            return ids.unsqueeze(0)
-        if self.variant == "vbpr":
-            content = torch.cat([self._raw("vision", replace_by_mean), self._raw("text", replace_by_mean)], dim=1)
-            return torch.cat([ids, self.visual_map(content)], dim=1).unsqueeze(0)
-        x = {"id": ids}
-        for m in ("vision", "text"):
-            x[m] = self.project[m](self._raw(m, replace_by_mean)) if self.kept[m] else torch.zeros_like(ids)
-        stacked = torch.cat([x["vision"], x["text"], x["id"]], dim=1)
-        views = []
-        for op in self.operators:
-            if op == "sum":
-                views.append(x["vision"] + x["text"] + x["id"])
-            elif op == "mlp":
-                views.append(self.mlp(stacked))
-            else:
-                gates = torch.sigmoid(self.gate(stacked)).chunk(3, dim=1)
-                views.append(gates[0] * x["vision"] + gates[1] * x["text"] + gates[2] * x["id"])
-        return torch.stack(views)
+        return self.variant.views(self, lambda name: self._raw(name, replace_by_mean))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 CUTOFFS = (10, 20, 50)
 
@@ -29,6 +30,19 @@ def reference_scores(train_item_counts: np.ndarray) -> dict[str, np.ndarray]:
     popularity = counts + tie_break
     cold_first = popularity + (counts == 0) * (counts.max() + 1.0)
     return {"popularity": popularity, "cold_first": cold_first}
+
+
+def reference_ranks(data, train_item_counts: np.ndarray, block_elements: int = 1 << 24) -> dict[str, np.ndarray]:
+    """Test ranks of every user under each reference ranking (`data` is a UserData), scored in
+    blocks of users of about `block_elements` scores."""
+    rows = np.arange(len(data.users))
+    out = {}
+    for name, scores in reference_scores(train_item_counts).items():
+        ranks = np.zeros(len(rows), dtype=np.int64)
+        for chunk in np.array_split(rows, max(1, len(rows) * len(scores) // block_elements)):
+            ranks[chunk] = data.rank_targets(chunk, torch.from_numpy(scores).expand(len(chunk), -1), "test")
+        out[name] = ranks
+    return out
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:

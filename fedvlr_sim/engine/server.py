@@ -12,12 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedvlr_sim.config import RunConfig
-from fedvlr_sim.engine import model
-from fedvlr_sim.engine.client import Upload
+from fedvlr_sim.config import ModelConfig, ServerConfig
 from fedvlr_sim.engine.fusion import Fusion
-
-MODALITY_NAMES = ("vision", "text", "id")
+from fedvlr_sim.engine.messages import Upload
 
 
 def snapshot(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -26,24 +23,23 @@ def snapshot(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class Server(nn.Module):
-    """Holds V, C, D, the operator parameters and the backbone's global tower (FedNCF)."""
+    """Holds V, C, D, the operator parameters and the backbone's other globals (FedNCF's tower)."""
 
-    def __init__(self, cfg: RunConfig, n_items: int, vision: torch.Tensor | None = None,
-                 text: torch.Tensor | None = None, device: str = "cpu"):
+    def __init__(self, model_cfg: ModelConfig, server_cfg: ServerConfig, seed: int, n_items: int,
+                 vision: torch.Tensor | None = None, text: torch.Tensor | None = None, device: str = "cpu"):
         super().__init__()
-        generator = torch.Generator().manual_seed(cfg.seed)
-        self.fusion = Fusion(cfg, n_items, vision, text, generator)
+        generator = torch.Generator().manual_seed(seed)
+        self.fusion = Fusion(model_cfg, n_items, vision, text, generator)
         self.tower = nn.ParameterDict()
-        if cfg.backbone == "fedncf":
-            for name, shape in model.tower_shapes(self.fusion.width).items():
-                bound = shape[-1] ** -0.5 if len(shape) == 2 else 0.05
-                value = (torch.rand(shape, generator=generator) * 2 - 1) * bound
-                self.tower[name.replace(".", "_")] = nn.Parameter(value)
+        for name, shape in model_cfg.backbone_def.global_shapes(self.fusion.width).items():
+            bound = shape[-1] ** -0.5 if len(shape) == 2 else 0.05
+            value = (torch.rand(shape, generator=generator) * 2 - 1) * bound
+            self.tower[name.replace(".", "_")] = nn.Parameter(value)
         self.device = torch.device(device)
         self.to(self.device)
         params = [p for p in self.parameters() if p.requires_grad]
-        self.optimizer = (torch.optim.Adam(params, lr=cfg.server_lr) if cfg.server_optimizer == "adam"
-                          else torch.optim.SGD(params, lr=cfg.server_lr))
+        self.optimizer = (torch.optim.Adam(params, lr=server_cfg.server_lr) if server_cfg.server_optimizer == "adam"
+                          else torch.optim.SGD(params, lr=server_cfg.server_lr))
         self._views: torch.Tensor | None = None
 
     @property
@@ -54,27 +50,26 @@ class Server(nn.Module):
     def width(self) -> int:
         return self.fusion.width
 
-    def _tower_globals(self) -> dict[str, torch.Tensor]:
+    def _backbone_globals(self) -> dict[str, torch.Tensor]:
         return {name.replace("_", "."): p for name, p in self.tower.items()}
 
     def publish(self) -> dict[str, torch.Tensor]:
         """Compute the views for this round; return the global tensors (detached, on CPU)."""
         self._views = self.fusion()
-        out = {"views": self._views} | self._tower_globals()
-        return snapshot(out)
+        return snapshot({"views": self._views} | self._backbone_globals())
 
     def altered_globals(self, modality: str) -> dict[str, torch.Tensor]:
         """The globals with one modality's input replaced by its mean (for reliance)."""
         with torch.no_grad():
             views = self.fusion(replace_by_mean=modality)
-        return snapshot({"views": views} | self._tower_globals())
+        return snapshot({"views": views} | self._backbone_globals())
 
     def apply(self, upload: Upload) -> float:
         """Server step from the round's summed uploads; returns the mean-gradient norm."""
         if self._views is None:
             raise RuntimeError("apply() called before publish() in this round")
         grads = upload.mean_gradient()
-        outputs = {"views": self._views} | self._tower_globals()
+        outputs = {"views": self._views} | self._backbone_globals()
         tensors = [t for k, t in outputs.items() if t.requires_grad]
         grad_tensors = [grads[k].to(self.device, t.dtype) for k, t in outputs.items() if t.requires_grad]
         self.optimizer.zero_grad(set_to_none=True)

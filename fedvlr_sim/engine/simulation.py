@@ -1,4 +1,6 @@
-"""Assemble an in-process federation (`--backend local`) from a dataset and a config."""
+"""Assemble a federation from a dataset and a config: the problem, the server, the client
+populations, the loop with its standard callbacks, and the run summary. Both backends use it:
+`--backend local` holds server and populations in this process, the Ray backend in actors."""
 
 from __future__ import annotations
 
@@ -9,11 +11,15 @@ import numpy as np
 import torch
 
 from fedvlr_sim.config import RunConfig
-from fedvlr_sim.engine.client import ClientPopulation
+from fedvlr_sim.engine.callbacks import BestRound, Checkpointing, EarlyStopping, History, OnRound
+from fedvlr_sim.engine.client import ClientPopulation, table_dtype
 from fedvlr_sim.engine.federation import Federation, LocalPool, Problem, shard_users
+from fedvlr_sim.engine.messages import RunSummary
 from fedvlr_sim.engine.server import Server
 from fedvlr_sim.engine.userdata import UserData
 from fedvlr_sim.errors import FedVLRError
+
+METRICS_FILE = "metrics.parquet"
 
 
 def problem_of(dataset) -> Problem:
@@ -28,43 +34,79 @@ def problem_of(dataset) -> Problem:
 
 def features_of(dataset, cfg: RunConfig) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The vision and text features a variant needs, or a clear error when they are missing."""
-    if not cfg.uses_features:
+    if not cfg.model.variant_def.uses_features:
         return None, None
     if dataset.vision is None or dataset.text is None:
         raise FedVLRError(
-            f"--variant {cfg.variant} needs item features but dataset {dataset.name!r} has none: "
+            f"--variant {cfg.model.variant} needs item features but dataset {dataset.name!r} has none: "
             f"run `fedvlr-sim features --dataset {dataset.name}` first (or use --variant none)")
     return torch.from_numpy(np.asarray(dataset.vision, np.float32)), torch.from_numpy(np.asarray(dataset.text, np.float32))
 
 
 def make_server(cfg: RunConfig, dataset, device: str = "cpu") -> Server:
     vision, text = features_of(dataset, cfg)
-    return Server(cfg, dataset.n_items, vision, text, device=device)
+    return Server(cfg.model, cfg.server, cfg.seed, dataset.n_items, vision, text, device=device)
 
 
-def make_populations(cfg: RunConfig, problem: Problem, n_views: int, width: int, n_shards: int) -> list[ClientPopulation]:
-    return [ClientPopulation(cfg, problem.data.subset(users), problem.n_items, n_views, width, problem.n_users)
-            for users in shard_users(problem.n_users, n_shards)]
+def make_population(cfg: RunConfig, problem: Problem, users: np.ndarray) -> ClientPopulation:
+    """The client population of `users` (a contiguous slice of the federation's users)."""
+    return ClientPopulation(cfg.model, cfg.client, cfg.seed, problem.data.subset(users), problem.n_items,
+                            problem.n_users)
+
+
+def local_pool(cfg: RunConfig, problem: Problem, n_shards: int) -> LocalPool:
+    """In-process client shards, each a contiguous slice of users."""
+    return LocalPool([make_population(cfg, problem, users) for users in shard_users(problem.n_users, n_shards)],
+                     problem.n_users)
 
 
 def table_storage(cfg: RunConfig, dataset) -> str | None:
     """A log line on how personal item tables are stored, for backbones that have them."""
-    from fedvlr_sim.engine.client import table_dtype
-    from fedvlr_sim.engine.model import TABLE_BACKBONES
-
-    if cfg.backbone not in TABLE_BACKBONES:
+    if not cfg.model.backbone_def.has_item_table:
         return None
-    width = 2 * cfg.dim if cfg.variant == "vbpr" else cfg.dim
-    dtype = table_dtype(cfg, dataset.n_users, dataset.n_items, width)
+    width = cfg.model.variant_def.width(cfg.model.dim)
+    dtype = table_dtype(cfg.client.table_dtype, dataset.n_users, dataset.n_items, width)
     size = dataset.n_users * dataset.n_items * width * dtype.itemsize / 1024**3
-    return (f"{cfg.backbone} personal item tables: {dataset.n_users} users x {dataset.n_items} items x {width} "
+    return (f"{cfg.model.backbone} personal item tables: {dataset.n_users} users x {dataset.n_items} items x {width} "
             f"stored as {str(dtype).removeprefix('torch.')} ({size:.2f} GiB, computed in float32)")
 
 
-def local_federation(cfg: RunConfig, dataset, run_dir: Path | None = None,
-                     on_round: Callable[[dict], None] | None = None, n_shards: int = 1) -> Federation:
+def build_federation(cfg: RunConfig, problem: Problem, server, pool, run_dir: Path | None = None,
+                     on_round: Callable | None = None, extra_callbacks=()) -> Federation:
+    """The loop with its standard callbacks: best round, history (written to the run folder as it
+    goes), progress, early stopping, checkpoints (with a run folder), then `extra_callbacks`."""
+    variant = cfg.model.variant_def
+    callbacks = [BestRound(cfg.loop.select_metric, measure_reliance=variant.uses_features,
+                           keep_router_weights=variant.uses_router),
+                 History(Path(run_dir) / METRICS_FILE if run_dir else None)]
+    if on_round is not None:
+        callbacks.append(OnRound(on_round))
+    callbacks.append(EarlyStopping(cfg.loop.patience))
+    if run_dir and cfg.loop.checkpoint_every:
+        callbacks.append(Checkpointing(Path(run_dir), cfg.loop.checkpoint_every))
+    return Federation(cfg.loop, cfg.seed, problem, server, pool, [*callbacks, *extra_callbacks])
+
+
+def local_federation(cfg: RunConfig, dataset, run_dir: Path | None = None, on_round: Callable | None = None,
+                     n_shards: int = 1) -> Federation:
     """A federation whose server and client shards all live in this process."""
     problem = problem_of(dataset)
-    server = make_server(cfg, dataset)
-    pool = LocalPool(make_populations(cfg, problem, server.n_views, server.width, n_shards), problem.n_users)
-    return Federation(cfg, problem, server, pool, run_dir, on_round)
+    return build_federation(cfg, problem, make_server(cfg, dataset), local_pool(cfg, problem, n_shards),
+                            run_dir, on_round)
+
+
+def summarize(cfg: RunConfig, fed: Federation, run_info: dict | None = None) -> RunSummary:
+    """The run's summary: test metrics at the best-valid round beside the reference rankings."""
+    best_round = fed.callback(BestRound)
+    best = best_round.best or {"valid": {}, "test": {"all": {}, "cold": {}, "warm": {}, "n_cold": 0}}
+    references = fed.problem.reference_metrics()
+    return RunSummary(
+        dataset=fed.problem.name, backbone=cfg.model.backbone, variant=cfg.model.variant,
+        best_round=best_round.round, rounds_run=fed.round, selected_on=f"valid {cfg.loop.select_metric}",
+        valid=best["valid"], test=best["test"]["all"], test_cold=best["test"]["cold"],
+        test_warm=best["test"]["warm"], n_users=fed.problem.n_users, n_cold_test_users=best["test"]["n_cold"],
+        baselines={k: v["all"] for k, v in references.items()},
+        baselines_cold={k: v["cold"] for k, v in references.items()},
+        baselines_warm={k: v["warm"] for k, v in references.items()},
+        seconds=fed.seconds, config=cfg.flat(), stopped=fed.stop_reason,
+        modality_spearman=best.get("modality_spearman"), run_info=dict(run_info or {}))

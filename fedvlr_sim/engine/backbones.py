@@ -1,0 +1,233 @@
+"""The five backbones of SPEC.md section 3, one class each, registered by name.
+
+A `Backbone` owns everything that differs between backbones: the shapes of a user's local state
+and of any global tensors it adds, the score of an item representation, the representation a
+user trains and predicts with, the aggregation weight, a regulariser and its round hooks. Its
+per-user methods are written for ONE user (tensors without a user dimension), so `vmap` serves a
+whole shard; the engine calls them and never branches on a backbone's name.
+
+Adding a backbone is one subclass plus `@register`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BACKBONES: dict[str, type["Backbone"]] = {}
+
+
+def register(cls: type["Backbone"]) -> type["Backbone"]:
+    """Make a backbone class available under its `name` (to the config, CLI and engine)."""
+    BACKBONES[cls.name] = cls
+    return cls
+
+
+class Backbone:
+    """Defaults shared by the backbones; subclasses override what differs."""
+
+    name = ""
+    weight_by_interactions = False    # alpha_u: the user's train interactions, else 1
+    has_item_table = False            # keeps an |I| x w personal item table per user
+    hyper_grid: dict[str, tuple[float, ...]] = {}   # backbone hyper-parameters a sweep tunes
+
+    def __init__(self, model_cfg):
+        self.cfg = model_cfg
+
+    @classmethod
+    def validate(cls, model_cfg) -> None:
+        """Raise FedVLRError when the model configuration cannot work with this backbone."""
+
+    # ------------------------------------------------------------ shapes and weights
+    def local_shapes(self, width: int, n_items: int) -> dict[str, tuple]:
+        """Shapes of one user's persistent local state (the router is added by the variant)."""
+        raise NotImplementedError
+
+    def global_shapes(self, width: int) -> dict[str, tuple]:
+        """Global tensors besides the views that the server holds and clients use."""
+        return {}
+
+    def aggregation_weight(self, train_counts: torch.Tensor) -> torch.Tensor:
+        """alpha_u for each user."""
+        if self.weight_by_interactions:
+            return train_counts.float()
+        return torch.ones_like(train_counts, dtype=torch.float32)
+
+    # ------------------------------------------------------------ one user's math
+    def logits(self, local: dict, glob: dict, e: torch.Tensor) -> torch.Tensor:
+        """Score (before the sigmoid) of item representations e of shape (..., w)."""
+        raise NotImplementedError
+
+    def train_rep(self, local: dict, shared: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The representation a user trains with, from the shared one of `items`."""
+        return shared
+
+    def eval_reps(self, local: dict, shared: torch.Tensor, trained: torch.Tensor) -> torch.Tensor:
+        """The representation of every item a user predicts with, from the shared (I, w) one;
+        `trained` says whether the user has completed a round of local training."""
+        return shared
+
+    # ------------------------------------------------------------ round hooks (a chunk of users)
+    def begin_round(self, local: dict) -> dict:
+        """The chunk's trainable local state for this round, from its stored state."""
+        return local
+
+    def frozen(self, global_update: str) -> set[str]:
+        """Names of local tensors that are not stepped this round."""
+        return set()
+
+    def regulariser(self, local: dict, weights: torch.Tensor, views: torch.Tensor, round_idx: int) -> torch.Tensor | None:
+        """A per-user term (n,) added to each minibatch loss, or None."""
+        return None
+
+    def end_round(self, local: dict, shared_reps) -> dict:
+        """The chunk's state to store after training; `shared_reps()` gives each user's (I, w)
+        shared representation of every item with the trained router."""
+        return local
+
+
+class HeadBackbone(Backbone):
+    """A per-user linear score head theta_u . e + b_u (FedAvg, PFedRec, FedRAP)."""
+
+    def local_shapes(self, width, n_items):
+        return {"head.w": (width,), "head.b": ()}
+
+    def logits(self, local, glob, e):
+        return e @ local["head.w"] + local["head.b"]
+
+
+@register
+class FedAvg(HeadBackbone):
+    """McMahan et al. 2017: a private head over the global item representation."""
+
+    name = "fedavg"
+    weight_by_interactions = True
+
+
+@register
+class FCF(Backbone):
+    """Ammad-Ud-Din et al. 2019: a private user vector, dot-product scores."""
+
+    name = "fcf"
+
+    def local_shapes(self, width, n_items):
+        return {"user": (width,)}
+
+    def logits(self, local, glob, e):
+        return e @ local["user"]
+
+
+@register
+class FedNCF(Backbone):
+    """Perifanis et al. 2022: private GMF and MLP user embeddings, a global MLP tower."""
+
+    name = "fedncf"
+    weight_by_interactions = True
+
+    @classmethod
+    def validate(cls, model_cfg):
+        from fedvlr_sim.errors import FedVLRError
+
+        if model_cfg.dim % 4:
+            raise FedVLRError(f"--dim must be divisible by 4 for fedncf (tower d -> d/2 -> d/4), got {model_cfg.dim}")
+
+    def local_shapes(self, width, n_items):
+        return {"user_gmf": (width,), "user_mlp": (width,)}
+
+    def global_shapes(self, width):
+        """The MLP tower 2w -> w -> w/2 -> w/4 and the output layer (w + w/4 -> 1)."""
+        dims = [2 * width, width, width // 2, width // 4]
+        shapes = {}
+        for i, (fan_in, fan_out) in enumerate(zip(dims, dims[1:])):
+            shapes |= {f"tower.{i}.weight": (fan_out, fan_in), f"tower.{i}.bias": (fan_out,)}
+        return shapes | {"out.weight": (1, width + width // 4), "out.bias": (1,)}
+
+    def logits(self, local, glob, e):
+        gmf = local["user_gmf"] * e
+        hidden = torch.cat([local["user_mlp"].expand_as(e), e], dim=-1)
+        for i in range(3):
+            hidden = F.relu(F.linear(hidden, glob[f"tower.{i}.weight"], glob[f"tower.{i}.bias"]))
+        return F.linear(torch.cat([gmf, hidden], dim=-1), glob["out.weight"], glob["out.bias"]).squeeze(-1)
+
+
+@register
+class PFedRec(HeadBackbone):
+    """Zhang et al. 2023: each client fine-tunes its own copy of the item representation every
+    round (a round offset on the shared one) and predicts with that copy (`table`)."""
+
+    name = "pfedrec"
+    has_item_table = True
+
+    def local_shapes(self, width, n_items):
+        return super().local_shapes(width, n_items) | {"table": (n_items, width)}
+
+    def train_rep(self, local, shared, items):
+        return shared + local["table_offset"][items]
+
+    def eval_reps(self, local, shared, trained):
+        return torch.where(trained, local["table"], shared)
+
+    def begin_round(self, local):
+        stored = local.pop("table")
+        return local | {"table_offset": torch.zeros_like(stored)}
+
+    def frozen(self, global_update):
+        # with global_update=local the client's copy IS the stepped globals: the offset stays 0
+        return {"table_offset"} if global_update == "local" else set()
+
+    def end_round(self, local, shared_reps):
+        offset = local.pop("table_offset")
+        return local | {"table": shared_reps() + offset}
+
+
+@register
+class FedRAP(HeadBackbone):
+    """Li et al. 2024: an additive personal item table P_u, with curriculum regularisers
+    -lambda_t ||P_u - C_u||^2 / (I w) + mu_t ||C_u||_1 / (I w), lambda_t = lambda tanh(t / 10)."""
+
+    name = "fedrap"
+    has_item_table = True
+    hyper_grid = {"fedrap_lambda": (1e-4, 1e-3, 1e-2, 1e-1), "fedrap_mu": (1e-4, 1e-3, 1e-2, 1e-1)}
+
+    def local_shapes(self, width, n_items):
+        return super().local_shapes(width, n_items) | {"table": (n_items, width)}
+
+    def train_rep(self, local, shared, items):
+        return shared + local["table"][items]
+
+    def eval_reps(self, local, shared, trained):
+        return local["table"] + shared
+
+    def regulariser(self, local, weights, views, round_idx):
+        curriculum = float(np.tanh(round_idx / 10.0))
+        return _RapRegulariser.apply(local["table"], weights, views, self.cfg.fedrap_lambda * curriculum,
+                                     self.cfg.fedrap_mu * curriculum)
+
+
+class _RapRegulariser(torch.autograd.Function):
+    """FedRAP's regulariser for a chunk of users, with C_u = sum_j w_uj F_j, and a hand-written
+    backward: the dense |I| x w terms are the cost of FedRAP, so they are touched few times.
+    Tables (n, I, w), mixing weights (n, G), views (G, I, w) shared or (n, G, I, w) per user."""
+
+    @staticmethod
+    def forward(ctx, table, weights, views, rap_lambda, rap_mu):
+        spec = "ng,ngiw->niw" if views.dim() == 4 else "ng,giw->niw"
+        common = torch.einsum(spec, weights, views)
+        diff = table - common
+        size = common[0].numel()
+        ctx.save_for_backward(weights, views, diff, common)
+        ctx.constants = (rap_lambda, rap_mu, size)
+        return (-rap_lambda * diff.pow(2).sum(dim=(1, 2)) + rap_mu * common.abs().sum(dim=(1, 2))) / size
+
+    @staticmethod
+    def backward(ctx, grad_value):
+        weights, views, diff, common = ctx.saved_tensors
+        rap_lambda, rap_mu, size = ctx.constants
+        scale = (grad_value / size)[:, None, None]
+        grad_table = (-2.0 * rap_lambda) * scale * diff
+        grad_common = scale * (2.0 * rap_lambda * diff + rap_mu * torch.sign(common))
+        per_user = views.dim() == 4
+        grad_weights = torch.einsum("niw,ngiw->ng" if per_user else "niw,giw->ng", grad_common, views)
+        grad_views = torch.einsum("ng,niw->ngiw" if per_user else "ng,niw->giw", weights, grad_common)
+        return grad_table, grad_weights, grad_views, None, None
