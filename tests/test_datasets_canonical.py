@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -94,24 +95,24 @@ def test_item_ids_must_be_contiguous(tmp_path):
         read_dataset(folder)
 
 
-def test_feature_rows_must_match_items_on_load(world):
-    np.save(world / "features" / "vision.npy", np.load(world / "features" / "vision.npy")[:-1])
-    with pytest.raises(FedVLRError, match=r"features/vision\.npy: shape \(\d+, 512\), expected \(\d+, dim\)"):
-        read_dataset(world)
-
-
-def test_non_finite_features_are_rejected_on_load(world):
-    text = np.load(world / "features" / "text.npy")
-    text[3, 0] = np.inf
-    np.save(world / "features" / "text.npy", text)
-    with pytest.raises(FedVLRError, match=r"features/text\.npy: non-finite values \(NaN or inf\), first in row 3"):
-        read_dataset(world)
-
-
 def test_feature_dimensions_must_agree_on_load(world):
     half = np.load(world / "features" / "text.npy")[:, :256]
     np.save(world / "features" / "text.npy", half / np.linalg.norm(half, axis=1, keepdims=True))
     with pytest.raises(FedVLRError, match=r"vision\.npy and .*text\.npy: feature dimensions differ \(512 vs 256\)"):
+        read_dataset(world)
+
+
+def test_a_file_named_features_is_not_taken_for_no_features(world):
+    shutil.rmtree(world / "features")
+    (world / "features").write_text("not a folder")
+    with pytest.raises(FedVLRError, match=r"World/features: is a file, expected the folder of vision\.npy"):
+        read_dataset(world)
+
+
+def test_checksums_that_are_not_an_object_are_named(world):
+    meta = json.loads((world / "meta.json").read_text())
+    (world / "meta.json").write_text(json.dumps(meta | {"checksums": ["interactions.parquet"]}))
+    with pytest.raises(FedVLRError, match=r"meta\.json: 'checksums' must be an object"):
         read_dataset(world)
 
 
@@ -121,10 +122,6 @@ def test_unnormalised_features_are_rejected_on_load(world):
         read_dataset(world)
 
 
-def test_unreadable_feature_file_is_named(world):
-    (world / "features" / "text.npy").write_bytes(b"not numpy")
-    with pytest.raises(FedVLRError, match=r"features/text\.npy: cannot read as a \.npy array"):
-        read_dataset(world)
 
 
 # --- finding datasets by name -------------------------------------------------------------------

@@ -152,3 +152,66 @@ def test_dataset_without_titles_or_images_is_refused(shop):
     (shop / "Shop" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(FedVLRError, match=r"items\.parquet: no item has a title or an image path"):
         extract_features("Shop", shop, model=TINY, pretrained=None, progress=False)
+
+
+def test_a_torn_partial_file_is_discarded_and_its_rows_embedded_again(shop, monkeypatch):
+    use(monkeypatch, FakeClip(fail_on_image_call=2))
+    with pytest.raises(KeyboardInterrupt):
+        extract_features("Shop", shop, batch_size=2, progress=False)
+    (shop / "Shop" / "features" / ".partial_vision.npy").write_bytes(b"")  # as a kill during its creation leaves it
+    clip = use(monkeypatch, FakeClip())
+    assert extract_features("Shop", shop, batch_size=2, progress=False)["rows_resumed"] == 0
+    assert len(clip.prompts) == 7
+
+
+# --- CLIP weights: a local file works; missing Hub weights fail at once, not after a minute of retries -----
+
+
+def test_a_local_weights_file_is_what_embeds(shop, tmp_path):
+    weights = tmp_path / "tiny.pt"
+    torch.save(open_clip.create_model(TINY).state_dict(), weights)
+    first = extract_features("Shop", shop, model=TINY, pretrained=str(weights), progress=False)
+    text = load_dataset("Shop", shop).text
+    extract_features("Shop", shop, model=TINY, pretrained=str(weights), progress=False)
+    assert first["pretrained"] == str(weights)
+    assert np.array_equal(load_dataset("Shop", shop).text, text)  # random weights would differ between runs
+
+
+@pytest.fixture
+def uncached_hub_weights(monkeypatch):
+    """No weights in the Hugging Face cache; open_clip must not even be asked to fetch them."""
+    import huggingface_hub
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("open_clip was asked for weights that cannot be had")
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", must_not_load)
+
+
+def test_offline_mode_without_cached_weights_fails_at_once_naming_the_option(shop, uncached_hub_weights, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FedVLRError, match=r"^--model ViT-B-32 --pretrained openai: cannot load CLIP \(HF_HUB_OFFLINE "
+                                          r"is set and the weights .* are not in the Hugging Face cache\); pass "
+                                          r"--pretrained PATH"):
+        extract_features("Shop", shop, progress=False)
+
+
+def test_no_connection_without_cached_weights_fails_after_one_quick_request(shop, uncached_hub_weights, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    requests = []
+
+    def no_connection(url, **kwargs):
+        requests.append(url)
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_connection)
+    with pytest.raises(FedVLRError, match=r"--pretrained openai: cannot load CLIP \(.* the Hub cannot be reached: "
+                                          r"ConnectionError: Name or service not known\)"):
+        extract_features("Shop", shop, progress=False)
+    assert len(requests) == 1

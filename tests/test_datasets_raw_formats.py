@@ -7,6 +7,7 @@ with ``prepare_dataset`` and loaded back with ``load_dataset``.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,10 +72,8 @@ NINEREC_ITEMS = ["9", "10", "100", "11", "2", "30"]  # numeric order: 2, 9, 10, 
 NINEREC_USERS = ["u3", "u1", "u2", "u5", "u4", "u6"]
 
 
-@pytest.fixture
-def ninerec_raw(tmp_path: Path) -> Path:
+def write_ninerec(raw: Path) -> Path:
     """A NineRec folder: a 6x6 grid plus a sparse user and a once-seen item that 5-core removes."""
-    raw = tmp_path / "raw" / "Bili_Test"
     pairs = [(i, u, t) for u, i, t in grid(NINEREC_USERS, NINEREC_ITEMS)]
     pairs += [("9", "sparse", 5), ("10", "sparse", 6), ("777", "u1", 7)]
     pairs.append(pairs[0])  # an exact duplicate is dropped
@@ -84,6 +83,11 @@ def ninerec_raw(tmp_path: Path) -> Path:
     write_image(raw / "Bili_Test_cover" / "9.jpg", (255, 0, 0))
     write_image(raw / "Bili_Test_cover" / "100.png", (0, 255, 0))
     return raw
+
+
+@pytest.fixture
+def ninerec_raw(tmp_path: Path) -> Path:
+    return write_ninerec(tmp_path / "raw" / "Bili_Test")
 
 
 def test_ninerec_is_5core_filtered_reindexed_in_numeric_id_order_and_split_in_time(ninerec_raw, tmp_path):
@@ -128,6 +132,25 @@ def test_equal_timestamps_keep_file_order_in_the_split(tmp_path):
     assert set(rows_of(ds, 2).values()) == {4} and set(rows_of(ds, 1).values()) == {3}
 
 
+@pytest.mark.parametrize("header", [None, "user,item,timestamp"])
+def test_ninerec_pairs_in_readme_order_are_told_apart_by_the_item_table_or_a_header(tmp_path, header):
+    raw = tmp_path / "raw"
+    write_csv(raw / "pair.csv", header, grid(NINEREC_USERS[:5], NINEREC_ITEMS[:5]))  # user,item,timestamp
+    write_csv(raw / "item.csv", None, [(i, "-", f"T{i}") for i in NINEREC_ITEMS])
+    ds, items = prepare_and_load("Readme", raw, tmp_path / "data", fmt="ninerec")
+    assert items["raw_id"].to_list() == ["2", "9", "10", "11", "100"]
+    assert pl.read_parquet(tmp_path / "data" / "Readme" / "users.parquet")["raw_id"].to_list() == ["u1", "u2", "u3",
+                                                                                                   "u4", "u5"]
+
+
+def test_ninerec_pairs_sharing_no_id_with_the_item_table_are_refused(tmp_path):
+    raw = tmp_path / "raw"
+    write_csv(raw / "pair.csv", None, [(i, u, t) for u, i, t in grid(list("abcde"), list("vwxyz"))])
+    write_csv(raw / "item.csv", None, [(i, "-", i) for i in "VWXYZ"])
+    with pytest.raises(FedVLRError, match=r"pair\.csv: none of its ids appears in .*item\.csv"):
+        prepare_dataset("Apart", raw, tmp_path / "data", fmt="ninerec")
+
+
 def test_ninerec_without_an_item_table_says_which_files_were_expected(tmp_path):
     raw = tmp_path / "raw"
     write_csv(raw / "KU_pair.csv", None, [(i, u, t) for u, i, t in grid(list("abcde"), list("vwxyz"))])
@@ -138,12 +161,12 @@ def test_ninerec_without_an_item_table_says_which_files_were_expected(tmp_path):
 # --- Amazon Reviews 2023 ------------------------------------------------------------------------
 
 ASINS = ["B0E", "B0A", "B0D", "B0C", "B0B"]
+AMAZON_USERS = ["AU2", "AU1", "AU3", "AU5", "AU4"]
 
 
-@pytest.fixture
-def amazon_raw(tmp_path: Path) -> Path:
-    raw = tmp_path / "amazon"
-    rows = [(u, i, 5.0, t) for u, i, t in grid(["AU2", "AU1", "AU3", "AU5", "AU4"], ASINS)]
+def write_amazon(raw: Path) -> Path:
+    """An Amazon folder: a 5x5 ratings grid, metadata for three of its items, two item images."""
+    rows = [(u, i, 5.0, t) for u, i, t in grid(AMAZON_USERS, ASINS)]
     write_csv(raw / "Toy.5core.rating_only.csv", "user_id,parent_asin,rating,timestamp", rows)
     meta = [
         {"parent_asin": "B0A", "title": "Rose soap", "images": [{"large": "https://x/a.jpg", "hi_res": None}],
@@ -156,6 +179,11 @@ def amazon_raw(tmp_path: Path) -> Path:
     write_image(raw / "images" / "B0A.jpg", (0, 0, 255))
     write_image(raw / "images" / "B0D.png", (9, 9, 9))
     return raw
+
+
+@pytest.fixture
+def amazon_raw(tmp_path: Path) -> Path:
+    return write_amazon(tmp_path / "amazon")
 
 
 def test_amazon_folder_gives_titles_urls_and_images_per_parent_asin(amazon_raw, tmp_path):
@@ -173,17 +201,31 @@ def test_amazon_raw_may_be_the_csv_file_itself(amazon_raw, tmp_path):
     assert ds.n_items == 5 and items["title"].is_not_null().sum() == 2
 
 
-def test_amazon_metadata_that_is_not_json_lines_is_named(amazon_raw, tmp_path):
-    (amazon_raw / "meta_Toy.jsonl").write_text('{"parent_asin": "B0A", \n')
-    with pytest.raises(FedVLRError, match=r"meta_Toy\.jsonl: cannot parse as JSON lines"):
+@pytest.mark.parametrize("text, problem", [('{"parent_asin": "B0A", \n', "cannot parse as JSON lines"),
+                                           ("", "no JSON lines")])
+def test_amazon_metadata_that_is_not_json_lines_is_named(amazon_raw, tmp_path, text, problem):
+    (amazon_raw / "meta_Toy.jsonl").write_text(text)
+    with pytest.raises(FedVLRError, match=rf"meta_Toy\.jsonl: {problem}"):
+        prepare_dataset("Shop", amazon_raw, tmp_path / "data", fmt="amazon")
+
+
+def test_a_file_where_a_folder_is_expected_is_named(amazon_raw, tmp_path):
+    shutil.rmtree(amazon_raw / "images")
+    (amazon_raw / "images").write_text("not a folder")
+    with pytest.raises(FedVLRError, match=r"amazon/images: expected a folder for the item images"):
         prepare_dataset("Shop", amazon_raw, tmp_path / "data", fmt="amazon")
 
 
 # --- MovieLens and MMRec ------------------------------------------------------------------------
 
 
+ML_USERS = [3, 1, 2, 5, 4]
+ML_MOVIES = [50, 7, 300, 12, 9]
+
+
 def write_movielens(folder: Path) -> Path:
-    rows = [(u, i, 4.0, t) for u, i, t in grid([3, 1, 2, 5, 4], [50, 7, 300, 12, 9])]
+    """A MovieLens folder: a 5x5 ratings grid and titles for two of its movies."""
+    rows = [(u, i, 4.0, t) for u, i, t in grid(ML_USERS, ML_MOVIES)]
     write_csv(folder / "ratings.csv", "userId,movieId,rating,timestamp", rows)
     write_csv(folder / "movies.csv", "movieId,title,genres",
               [(7, "Heat (1995)", "Action"), (9, '"Sabrina, Again (1995)"', "Comedy")])
@@ -265,20 +307,11 @@ def test_non_numeric_ids_are_named_with_column_value_and_line(tmp_path):
         prepare_dataset("ML", raw, tmp_path / "data")
 
 
-def test_feature_rows_must_match_the_number_of_items(tmp_path):
+def test_mmrec_split_labels_other_than_0_1_2_are_named_with_their_line(tmp_path):
     raw = write_mmrec(tmp_path / "mm")
-    np.save(raw / "image_features.npy", unit_rows(5, 8))
-    with pytest.raises(FedVLRError, match=r"image_features\.npy: shape \(5, 8\), expected \(4, dim\)"):
-        prepare_dataset("Mine", raw, tmp_path / "data")
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_non_finite_features_are_named(tmp_path, bad):
-    raw = write_mmrec(tmp_path / "mm")
-    text = unit_rows(4, 8)
-    text[2, 5] = bad
-    np.save(raw / "text_features.npy", text)
-    with pytest.raises(FedVLRError, match=r"text_features\.npy: non-finite values .* row 2"):
+    with (raw / "inter.csv").open("a") as inter:
+        inter.write("0,1,1.0,5,256\n")  # 256 must not wrap around to 0 (train)
+    with pytest.raises(FedVLRError, match=r"inter\.csv: column 'split_label' has value 256 on line 14"):
         prepare_dataset("Mine", raw, tmp_path / "data")
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from fedvlr_sim.datasets.dataset import Dataset, checked, dataset_summary, normalise_rows
+from fedvlr_sim.datasets.rawio import optional_file
 from fedvlr_sim.errors import FedVLRError
 
 INTERACTIONS, ITEMS, USERS, META = "interactions.parquet", "items.parquet", "users.parquet", "meta.json"
@@ -72,6 +73,7 @@ def read_dataset(folder: Path) -> Dataset:
     interactions = _read_parquet(folder, INTERACTIONS, INTERACTION_SCHEMA, meta)
     n_items = _read_parquet(folder, ITEMS, ITEM_SCHEMA, meta).height
     n_users = _read_parquet(folder, USERS, USER_SCHEMA, meta).height
+    features_folder(folder)
     features = {part: load_npy(folder / f) for part, f in FEATURE_FILES.items()}
     ds = Dataset(
         name=meta.get("name", folder.name),
@@ -100,7 +102,17 @@ def read_meta(folder: Path) -> dict:
         raise FedVLRError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise FedVLRError(f"{path}: expected a JSON object")
+    if not isinstance(meta.get("checksums", {}), dict):
+        raise FedVLRError(f"{path}: 'checksums' must be an object of file name to sha256")
     return meta
+
+
+def features_folder(folder: Path) -> Path:
+    """``folder/features`` of a prepared dataset, which may be absent but must not be a file."""
+    path = folder / "features"
+    if path.exists() and not path.is_dir():
+        raise FedVLRError(f"{path}: is a file, expected the folder of vision.npy and text.npy (or nothing)")
+    return path
 
 
 def read_items(folder: Path) -> pl.DataFrame:
@@ -132,13 +144,19 @@ def _read_parquet(folder: Path, name: str, schema: dict, meta: dict) -> pl.DataF
 
 
 def load_npy(path: Path) -> np.ndarray | None:
-    """The array in ``path``, or None when the file does not exist."""
-    if not path.is_file():
+    """The array in the ``.npy`` file ``path`` (never unpickled), or None when nothing is there."""
+    if optional_file(path, "a .npy array (n_items, dim)") is None:
         return None
+    if path.stat().st_size == 0:
+        raise FedVLRError(f"{path}: empty file (expected a .npy array (n_items, dim))")
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise FedVLRError(f"{path}: cannot read as a .npy array ({exc})") from None
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise FedVLRError(f"{path}: cannot read as a .npy array ({str(exc).strip().splitlines()[0]})") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        array.close()
+        raise FedVLRError(f"{path}: an .npz archive, expected a .npy array (n_items, dim)")
+    return array
 
 
 def save_features(folder: Path, part: str, features: np.ndarray) -> None:

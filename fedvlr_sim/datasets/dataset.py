@@ -82,14 +82,7 @@ def _check_interactions(ds: Dataset, label: str) -> None:
     if not len(ds.item) == len(ds.timestamp) == len(ds.split) == n:
         raise FedVLRError(f"{label}: user, item, timestamp and split columns differ in length")
     for what, ids, count in (("user", ds.user, ds.n_users), ("item", ds.item, ds.n_items)):
-        if ids.min() < 0 or ids.max() >= count:
-            raise FedVLRError(f"{label}: {what} ids must lie in 0..{count - 1}, found {ids.min()}..{ids.max()}")
-        absent = np.flatnonzero(np.bincount(ids, minlength=count) == 0)
-        if absent.size:
-            raise FedVLRError(
-                f"{label}: {absent.size} {what} ids have no interactions (e.g. {what} {absent[0]}); "
-                f"ids must be contiguous 0..{count - 1}"
-            )
+        _check_contiguous(ids, count, what, label)
     if not np.isin(ds.split, (TRAIN, VALID, TEST)).all():
         raise FedVLRError(f"{label}: split values must be 0 (train), 1 (valid) or 2 (test)")
     for what, part, ok in (("no train row", TRAIN, lambda c: c >= 1),
@@ -103,8 +96,24 @@ def _check_interactions(ds: Dataset, label: str) -> None:
             )
 
 
+def _check_contiguous(ids: np.ndarray, count: int, what: str, label: str) -> None:
+    """Raise unless ``ids`` use exactly 0..count-1; memory grows with len(ids), never with the largest id."""
+    if ids.min() < 0 or ids.max() >= count:
+        raise FedVLRError(f"{label}: {what} ids must lie in 0..{count - 1}, found {ids.min()}..{ids.max()}")
+    present = np.unique(ids)
+    if present.size < count:
+        gaps = np.flatnonzero(present != np.arange(present.size))
+        first_absent = int(gaps[0]) if gaps.size else present.size
+        raise FedVLRError(
+            f"{label}: {count - present.size} {what} ids have no interactions (e.g. {what} {first_absent}); "
+            f"ids must be contiguous 0..{count - 1}"
+        )
+
+
 def _check_features(feats: np.ndarray, n_items: int, label: str) -> int:
-    if feats.ndim != 2 or feats.shape[0] != n_items:
+    if feats.dtype.kind != "f":
+        raise FedVLRError(f"{label}: dtype {feats.dtype}, expected a floating-point array ({n_items}, dim)")
+    if feats.ndim != 2 or feats.shape[0] != n_items or feats.shape[1] == 0:
         raise FedVLRError(f"{label}: shape {feats.shape}, expected ({n_items}, dim): one row per item")
     finite = np.isfinite(feats).all(axis=1)
     if not finite.all():

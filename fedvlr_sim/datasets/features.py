@@ -10,19 +10,24 @@ flushed after every batch, so an interrupted run only embeds what is left.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 
-from fedvlr_sim.datasets.canonical import (FEATURE_FILES, ITEMS, read_items, read_meta, save_features,
-                                           write_meta)
+from fedvlr_sim.datasets.canonical import (FEATURE_FILES, ITEMS, features_folder, read_items, read_meta,
+                                           save_features, write_meta)
 from fedvlr_sim.datasets.registry import dataset_folder
 from fedvlr_sim.errors import FedVLRError
 
 TEXT_PROMPT = "The title of this item is: {}."
 MISSING_TITLE = "The title is missing."
 TODO, EMBEDDED, UNUSABLE = 0, 1, 2
+HUB_PROBE_TIMEOUT_S = 5
 
 
 def extract_features(
@@ -48,10 +53,11 @@ def extract_features(
             f"{folder / ITEMS}: no item has a title or an image path, so there is nothing to embed; "
             f"prepare it again from raw files with titles or images (MMRec folders bring their own features)"
         )
+    features = features_folder(folder)
     clip, preprocess, tokenizer = _load_clip(model, pretrained, device)
     signature = {"model": model, "pretrained": None if pretrained is None else str(pretrained),
                  "items_sha256": meta.get("checksums", {}).get(ITEMS)}
-    store = _PartialStore(folder / "features", signature, len(items))
+    store = _PartialStore(features, signature, len(items))
     prompts = [MISSING_TITLE if t is None else TEXT_PROMPT.format(t) for t in titles]
 
     def encode_text(rows):
@@ -109,12 +115,26 @@ class _PartialStore:
             same_run = json.loads(sig_path.read_text()) == signature
         except (OSError, ValueError):
             same_run = False
-        if not same_run:
+        if not (same_run and self._intact()):
             self.clear()
             sig_path.write_text(json.dumps(signature))
 
     def _paths(self, part: str) -> tuple[Path, Path]:
         return self.folder / f".partial_{part}.npy", self.folder / f".partial_{part}.state.npy"
+
+    def _intact(self) -> bool:
+        """Whether every partial file present reads as one row per item (a killed run may leave a torn one)."""
+        for part in FEATURE_FILES:
+            for path, dtype, ndim in zip(self._paths(part), (np.float32, np.uint8), (2, 1)):
+                if not path.exists():
+                    continue
+                try:
+                    array = np.load(path, mmap_mode="r", allow_pickle=False)
+                except (OSError, ValueError, EOFError):
+                    return False
+                if array.dtype != dtype or array.ndim != ndim or array.shape[0] != self.n_rows:
+                    return False
+        return True
 
     def state(self, part: str) -> np.ndarray:
         state_path = self._paths(part)[1]
@@ -159,8 +179,10 @@ def _load_clip(model: str, pretrained: str | None, device: str):
     import open_clip
 
     try:
-        clip, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device)
-        tokenizer = open_clip.get_tokenizer(model)
+        _require_weights(model, pretrained)
+        with _library_logs_muted():
+            clip, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device)
+            tokenizer = open_clip.get_tokenizer(model)
     except (RuntimeError, OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0].split(". ")[0][:200]  # the first sentence
         raise FedVLRError(
@@ -168,6 +190,67 @@ def _load_clip(model: str, pretrained: str | None, device: str):
             f"pass --pretrained PATH to a local weights file when offline"
         ) from None
     return clip.eval(), preprocess, tokenizer
+
+
+def _require_weights(model: str, pretrained: str | None) -> None:
+    """Raise FileNotFoundError at once when the Hub weights of open_clip tag ``pretrained`` are
+    neither in the Hugging Face cache nor downloadable now (offline mode, or no connection).
+
+    Without this, open_clip's download retries for about a minute before failing. Local weight
+    files, ``None`` (random weights) and tags without Hub weights are left to open_clip.
+    """
+    import open_clip
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    hub_path = open_clip.get_pretrained_cfg(model.replace("/", "-"), pretrained).get("hf_hub") if pretrained else None
+    if not hub_path:
+        return
+    repo_id, filename = os.path.split(hub_path)
+    files = _hub_weight_files(filename)
+    if any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in files):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(f"HF_HUB_OFFLINE is set and the weights of tag '{pretrained}' ({repo_id}) "
+                                f"are not in the Hugging Face cache")
+    unreachable = _hub_unreachable(repo_id, files[-1])
+    if unreachable:
+        raise FileNotFoundError(f"the weights of tag '{pretrained}' ({repo_id}) are not in the Hugging Face cache "
+                                f"and the Hub cannot be reached: {unreachable}")
+
+
+def _hub_weight_files(filename: str) -> list[str]:
+    """The weight files open_clip looks for in a Hub repository, in its order (a .safetensors twin first)."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    filename = filename or HF_WEIGHTS_NAME
+    twin = HF_SAFE_WEIGHTS_NAME if filename == HF_WEIGHTS_NAME else re.sub(r"\.(bin|pth)$", ".safetensors", filename)
+    return [twin, filename] if twin != filename else [filename]
+
+
+def _hub_unreachable(repo_id: str, filename: str) -> str | None:
+    """Why one quick request (no retries) to the Hub for ``repo_id/filename`` got no answer, or None."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, filename), timeout=HUB_PROBE_TIMEOUT_S)
+    except HfHubHTTPError:
+        return None  # the Hub answered: open_clip downloads, or reports what the Hub said
+    except Exception as exc:  # no connection, proxy or TLS failure: whatever the transport raises
+        detail = " ".join(str(exc).split())
+        return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return None
+
+
+@contextlib.contextmanager
+def _library_logs_muted():
+    """Keep library log records off stderr (open_clip logs each failure it then raises)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def _encode(encoder, batch, device: str) -> np.ndarray:

@@ -38,7 +38,7 @@ def read(raw: Path, name: str, hint: str | None = None) -> Prepared:
     if meta_path is not None:
         items = _read_metadata(meta_path)
         files.append(meta_path.name)
-    images = folder / "images" if (folder / "images").is_dir() else None
+    images = find_one([folder], ["images"], "the item images", folder=True)
     if images is not None:
         files.append("images/")
     return build(
@@ -66,12 +66,14 @@ def _find_csv(folder: Path, category: str | None) -> Path:
 
 def _read_metadata(path: Path) -> pl.DataFrame:
     """raw_id, title and first image URL per item from Amazon metadata JSON lines."""
+    expected = "expected parent_asin, title, images"
     try:
         meta = pl.read_ndjson(path, schema=META_SCHEMA)
     except (OSError, pl.exceptions.PolarsError) as exc:
         reason = str(exc).strip().splitlines()[0]
-        expected = "expected parent_asin, title, images"
         raise FedVLRError(f"{path}: cannot parse as JSON lines ({reason}; {expected})") from None
+    if meta.height == 0:
+        raise FedVLRError(f"{path}: no JSON lines ({expected} per line)")
     first = pl.col("images").list.first().struct
     return meta.select(
         pl.col("parent_asin").alias("raw_id"),

@@ -23,12 +23,13 @@ import polars as pl
 
 from fedvlr_sim.datasets.canonical import Prepared, load_npy
 from fedvlr_sim.datasets.dataset import Dataset, checked
-from fedvlr_sim.datasets.rawio import read_csv, sniff_separator
+from fedvlr_sim.datasets.rawio import first_line, optional_file, read_csv, sniff_separator
 from fedvlr_sim.errors import FedVLRError
 
 EXPECTED = "userID,itemID,rating,timestamp,split_label"
 FEATURE_FILES = {"vision": "image_features.npy", "text": "text_features.npy"}
 COLUMNS = {"userID": "int", "itemID": "int", "timestamp": "int", "split_label": "int"}
+SPLIT_LABELS = (0, 1, 2)
 
 
 def read(raw: Path, name: str, hint: str | None = None) -> Prepared:
@@ -36,40 +37,27 @@ def read(raw: Path, name: str, hint: str | None = None) -> Prepared:
     if not raw.is_dir():
         raise FedVLRError(f"--raw {raw}: expected an MMRec folder containing inter.csv ({EXPECTED})")
     path = raw / "inter.csv"
-    table = read_csv(path, COLUMNS, EXPECTED, separator=sniff_separator(path))
-    empty = table.select(pl.any_horizontal(pl.all().is_null())).to_series()
-    if empty.any():
-        raise FedVLRError(f"{path}: empty value on line {int(empty.arg_true()[0]) + 2} (expected {EXPECTED})")
+    table = _read_interactions(path)
     rows = table.unique(keep="first", maintain_order=True)
     user, item = rows["userID"].to_numpy(), rows["itemID"].to_numpy()
     timestamp = rows["timestamp"].to_numpy()
     order = np.lexsort((timestamp, user))  # by user, then time; ties keep file order
     features = {part: load_npy(raw / f) for part, f in FEATURE_FILES.items()}
-    ds = Dataset(
-        name=name,
-        n_users=int(user.max()) + 1,
-        n_items=int(item.max()) + 1,
-        user=user[order],
-        item=item[order],
-        timestamp=timestamp[order],
-        split=rows["split_label"].to_numpy()[order].astype(np.uint8),
-        vision=features["vision"],
-        text=features["text"],
-        meta={
-            "name": name,
-            "source": {"format": "mmrec", "raw": str(raw.resolve()),
-                       "files": ["inter.csv"] + [f for p, f in FEATURE_FILES.items() if features[p] is not None]},
-            "preprocessing": {
-                "rows_read": table.height,
-                "duplicate_rows_dropped": table.height - rows.height,
-                "duplicates": "exact duplicate rows of inter.csv dropped (SPEC dedupe rule)",
-                "split": "kept from inter.csv split_label (no re-filtering, no re-splitting)",
-            },
-            "features": {p: {"source": f"{f} from the MMRec folder", "dim": int(features[p].shape[1])}
-                         for p, f in FEATURE_FILES.items() if features[p] is not None},
-        },
+    ds = checked(
+        Dataset(
+            name=name,
+            n_users=int(user.max()) + 1,
+            n_items=int(item.max()) + 1,
+            user=user[order],
+            item=item[order],
+            timestamp=timestamp[order],
+            split=rows["split_label"].to_numpy()[order].astype(np.uint8),
+            vision=features["vision"],
+            text=features["text"],
+        ),
+        {"interactions": str(path)} | {p: str(raw / f) for p, f in FEATURE_FILES.items()},
     )
-    checked(ds, {"interactions": str(path)} | {p: str(raw / f) for p, f in FEATURE_FILES.items()})
+    ds.meta = _meta(ds, raw, rows_read=table.height, rows_kept=rows.height)
     items = pl.DataFrame({"item": np.arange(ds.n_items, dtype=np.int32),
                           "raw_id": _raw_ids(raw / "i_id_mapping.csv", "itemID", ds.n_items)})
     items = items.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in ("title", "image_path", "image_url"))
@@ -78,14 +66,46 @@ def read(raw: Path, name: str, hint: str | None = None) -> Prepared:
     return Prepared(ds, items, users)
 
 
+def _read_interactions(path: Path) -> pl.DataFrame:
+    """The typed columns of ``inter.csv``: no empty cells, split labels 0, 1 or 2."""
+    table = read_csv(path, COLUMNS, EXPECTED, separator=sniff_separator(path))
+    empty = table.select(pl.any_horizontal(pl.all().is_null())).to_series()
+    if empty.any():
+        raise FedVLRError(f"{path}: empty value on line {int(empty.arg_true()[0]) + 2} (expected {EXPECTED})")
+    bad_split = ~table["split_label"].is_in(SPLIT_LABELS)
+    if bad_split.any():
+        row = int(bad_split.arg_true()[0])
+        raise FedVLRError(f"{path}: column 'split_label' has value {table['split_label'][row]} on line {row + 2} "
+                          f"(expected 0 train, 1 valid or 2 test)")
+    return table
+
+
+def _meta(ds: Dataset, raw: Path, rows_read: int, rows_kept: int) -> dict:
+    """meta.json content of a dataset read from the MMRec folder ``raw``."""
+    features = {part: getattr(ds, part) for part in FEATURE_FILES if getattr(ds, part) is not None}
+    return {
+        "name": ds.name,
+        "source": {"format": "mmrec", "raw": str(raw.resolve()),
+                   "files": ["inter.csv"] + [FEATURE_FILES[part] for part in features]},
+        "preprocessing": {
+            "rows_read": rows_read,
+            "duplicate_rows_dropped": rows_read - rows_kept,
+            "duplicates": "exact duplicate rows of inter.csv dropped (SPEC dedupe rule)",
+            "split": "kept from inter.csv split_label (no re-filtering, no re-splitting)",
+        },
+        "features": {part: {"source": f"{FEATURE_FILES[part]} from the MMRec folder", "dim": int(vectors.shape[1])}
+                     for part, vectors in features.items()},
+    }
+
+
 def _raw_ids(path: Path, id_column: str, count: int) -> pl.Series:
     """Raw id per internal id from an MMRec mapping file, or the internal ids when it is absent."""
-    if not path.is_file():
+    expected = f"<raw id>,{id_column}"
+    if optional_file(path, expected) is None:
         return pl.Series("raw_id", [str(i) for i in range(count)])
     separator = sniff_separator(path)
-    header = path.open(encoding="utf-8", errors="replace").readline().strip().split(separator)
+    header = first_line(path).strip().split(separator)
     raw_column = next((c for c in header if c != id_column), None)
-    expected = f"<raw id>,{id_column}"
     if raw_column is None:
         raise FedVLRError(f"{path}: missing the raw id column (expected {expected})")
     table = read_csv(path, {raw_column: "str", id_column: "int"}, expected, separator=separator)

@@ -12,7 +12,7 @@ import polars as pl
 
 from fedvlr_sim.datasets.canonical import Prepared
 from fedvlr_sim.datasets.preprocess import RawTables, build
-from fedvlr_sim.datasets.rawio import find_one, read_csv
+from fedvlr_sim.datasets.rawio import find_one, optional_file, read_csv
 from fedvlr_sim.errors import FedVLRError
 
 RATINGS = "userId,movieId,rating,timestamp"
@@ -28,10 +28,10 @@ def read(raw: Path, name: str, hint: str | None = None) -> Prepared:
             f"latest-small: ratings.csv with {RATINGS}, movies.csv with {MOVIES})"
         )
     ratings = read_csv(path, {"userId": "int", "movieId": "int", "timestamp": "int"}, RATINGS)
-    movies_path = path.parent / "movies.csv"
+    movies_path = optional_file(path.parent / "movies.csv", MOVIES)
     files = [path.name]
     items = pl.DataFrame(schema={"raw_id": pl.String, "title": pl.String})
-    if movies_path.is_file():
+    if movies_path is not None:
         movies = read_csv(movies_path, {"movieId": "int", "title": "str"}, MOVIES)
         items = movies.select(pl.col("movieId").cast(pl.String).alias("raw_id"), "title")
         files.append(movies_path.name)
