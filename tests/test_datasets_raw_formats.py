@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from fedvlr_sim.datasets import load_dataset, prepare_dataset
+from fedvlr_sim.datasets import dataset_summary, load_dataset, prepare_dataset
 from fedvlr_sim.errors import FedVLRError
 
 # --- raw file writers ---------------------------------------------------------------------------
@@ -199,6 +199,21 @@ def test_amazon_folder_gives_titles_urls_and_images_per_parent_asin(amazon_raw, 
 def test_amazon_raw_may_be_the_csv_file_itself(amazon_raw, tmp_path):
     ds, items = prepare_and_load("Shop", amazon_raw / "Toy.5core.rating_only.csv", tmp_path / "data", fmt="amazon")
     assert ds.n_items == 5 and items["title"].is_not_null().sum() == 2
+
+
+def test_amazon_image_url_is_the_first_image_with_one_preferring_large_then_hi_res_then_thumb(amazon_raw, tmp_path):
+    images = {"B0A": [{"large": None, "hi_res": None}, {"large": "L2", "hi_res": "H2"}],
+              "B0B": [{"hi_res": "H", "thumb": "T"}], "B0C": [{"thumb": "T", "variant": "MAIN"}]}
+    lines = [{"parent_asin": asin, "images": urls} for asin, urls in images.items()]
+    (amazon_raw / "meta_Toy.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    _, items = prepare_and_load("Shop", amazon_raw, tmp_path / "data", fmt="amazon")
+    assert items["image_url"].to_list()[:3] == ["L2", "H", "T"]
+
+
+def test_amazon_summary_gives_the_shares_of_items_with_a_title_and_an_image(amazon_raw, tmp_path):
+    ds, _ = prepare_and_load("Shop", amazon_raw, tmp_path / "data", fmt="amazon")
+    summary = dataset_summary(ds)
+    assert (summary["items_with_title"], summary["items_with_image"]) == (0.4, 0.4)
 
 
 @pytest.mark.parametrize("text, problem", [('{"parent_asin": "B0A", \n', "cannot parse as JSON lines"),

@@ -28,6 +28,7 @@ def test_tiny_world_is_small_and_complete():
     assert 12 <= s["interactions_per_user"]["mean"] <= 18 and s["interactions_per_user"]["min"] >= 5
     assert np.bincount(ds.item, minlength=ds.n_items).min() >= 1  # every item appears
     assert (s["valid"], s["test"]) == (300, 300)
+    assert s["items_with_title"] is None and s["items_with_image"] is None  # a world has no item table
 
 
 def test_timestamps_increase_within_each_user_and_the_last_is_the_test_row():

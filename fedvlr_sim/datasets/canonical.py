@@ -5,7 +5,8 @@
   items.parquet         item int32, raw_id str, title str?, image_path str? (absolute), image_url str?
   users.parquet         user int32, raw_id str
   features/vision.npy, features/text.npy   float32 (n_items, dim), L2-normalised rows (optional)
-  meta.json             name, source, preprocessing, counts, features, sha256 of the parquet files
+  meta.json             name, source, preprocessing, counts, item_info (items with a title, with an
+                        image), features, sha256 of the parquet files
 """
 
 from __future__ import annotations
@@ -63,8 +64,14 @@ def write_prepared(prepared: Prepared, folder: Path) -> None:
         name=ds.name,
         counts={k: summary[k] for k in ("users", "items", "interactions", "train", "valid", "test")},
         checksums={f: sha256(folder / f) for f in (INTERACTIONS, ITEMS, USERS)},
+        item_info=_item_info(prepared.items),
     )
     write_meta(folder, meta)
+
+
+def _item_info(items: pl.DataFrame) -> dict:
+    """How many items of the item table have a title and how many an image file."""
+    return {"titles": int(items["title"].is_not_null().sum()), "images": int(items["image_path"].is_not_null().sum())}
 
 
 def read_dataset(folder: Path) -> Dataset:

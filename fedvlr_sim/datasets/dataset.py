@@ -128,7 +128,8 @@ def _check_features(feats: np.ndarray, n_items: int, label: str) -> int:
 
 
 def dataset_summary(ds: Dataset) -> dict:
-    """Counts, split sizes, interactions per user, cold test items and features of ``ds``."""
+    """Counts, split sizes, interactions per user, cold test items, shares of items with a title and
+    with an image, and features of ``ds``."""
     per_user = np.bincount(ds.user, minlength=ds.n_users)
     in_train = np.zeros(ds.n_items, dtype=bool)
     in_train[ds.item[ds.split == TRAIN]] = True
@@ -156,5 +157,14 @@ def dataset_summary(ds: Dataset) -> dict:
             "vision": None if ds.vision is None else int(ds.vision.shape[1]),
             "text": None if ds.text is None else int(ds.text.shape[1]),
         },
+        "items_with_title": _item_share(ds, "titles"),
+        "items_with_image": _item_share(ds, "images"),
         "planted_weights": ds.planted_weights is not None,
     }
+
+
+def _item_share(ds: Dataset, what: str) -> float | None:
+    """Share of items with a title or an image (``what``: titles, images), from the item counts that
+    ``meta.json`` records from the items table; None for a dataset without one (synthetic worlds)."""
+    count = ds.meta.get("item_info", {}).get(what)
+    return None if count is None else round(count / ds.n_items, 4)

@@ -70,8 +70,6 @@ def build(raw: RawTables, name: str, min_count: int = MIN_COUNT) -> Prepared:
             "ids": "re-indexed 0..n-1 in sorted raw-id order (numeric when all ids are integers)",
             "split": "temporal leave-one-out per user; time ties keep file order",
         },
-        "item_info": {"titles": int(items["title"].is_not_null().sum()),
-                      "images": int(items["image_path"].is_not_null().sum())},
     }
     dataset = Dataset(
         name=name,

@@ -13,6 +13,7 @@ from fedvlr_sim.errors import FedVLRError
 SYNTHETIC_PREFIX = "synthetic:"
 NINEREC = "NineRec (https://github.com/westlake-repl/NineRec)"
 AMAZON = "Amazon Reviews 2023 (https://amazon-reviews-2023.github.io), benchmark/5core/rating_only"
+AMAZON_IMAGES = "`fedvlr-sim images` downloads them from the metadata URLs"
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,11 @@ KNOWN_DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo("Movie", "Bili_Movie", "ninerec", "Bili_Movie", 15908, 2528, 111091,
                     f"{NINEREC}: Bili_Movie_pair.csv, Bili_Movie_item.csv, Bili_Movie_cover/"),
         DatasetInfo("Beauty", "Beauty", "amazon", "All_Beauty", 253, 356, 2535,
-                    f"{AMAZON}/All_Beauty.csv; optional meta_All_Beauty.jsonl and images/<parent_asin>.jpg"),
+                    f"{AMAZON}/All_Beauty.csv; optional meta_All_Beauty.jsonl and images/<parent_asin>.jpg "
+                    f"({AMAZON_IMAGES})"),
         DatasetInfo("Cards", "Cards", "amazon", "Gift_Cards", 377, 129, 2429,
-                    f"{AMAZON}/Gift_Cards.csv; optional meta_Gift_Cards.jsonl and images/<parent_asin>.jpg"),
+                    f"{AMAZON}/Gift_Cards.csv; optional meta_Gift_Cards.jsonl and images/<parent_asin>.jpg "
+                    f"({AMAZON_IMAGES})"),
         DatasetInfo("ML", "ML", "movielens", "ml-latest-small", 610, 3650, 90274,
                     "MovieLens latest-small (https://grouplens.org/datasets/movielens/latest/, "
                     "ml-latest-small.zip): ratings.csv, movies.csv"),
