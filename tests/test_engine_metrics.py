@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedvlr_sim.engine.metrics import metrics_from_ranks, reference_scores
+from fedvlr_sim.engine.metrics import expected_random_metrics, metrics_from_ranks, reference_scores
 from fedvlr_sim.engine.simulation import local_federation, problem_of
 from fedvlr_sim.engine.userdata import UserData
 from helpers_engine import dataset_from_lists, make_cfg, make_dataset, make_population, run_federation
@@ -148,9 +148,39 @@ def test_popularity_reference_orders_items_by_train_count_then_lower_id():
 def test_cold_first_reference_puts_never_trained_items_first_then_popularity():
     counts = np.array([3, 0, 5, 3, 1, 0])
     order = list(np.argsort(-reference_scores(counts)["cold_first"], kind="stable"))
-    cold = [i for i in range(len(counts)) if counts[i] == 0]
+    cold = {i for i in range(len(counts)) if counts[i] == 0}
     warm = sorted((i for i in range(len(counts)) if counts[i] > 0), key=lambda i: (-counts[i], i))
-    assert order == cold + warm
+    assert set(order[:len(cold)]) == cold and order[len(cold):] == warm
+
+
+def test_cold_first_orders_cold_items_at_random_from_the_seed_not_by_id():
+    counts = np.zeros(40)
+    counts[:5] = [9, 8, 7, 6, 5]
+    orders = {seed: tuple(np.argsort(-reference_scores(counts, seed)["cold_first"])[:35]) for seed in range(4)}
+    assert orders[0] == tuple(np.argsort(-reference_scores(counts, 0)["cold_first"])[:35]), "seeded"
+    assert tuple(range(5, 40)) not in orders.values(), "never the id order"
+    assert len(set(orders.values())) > 1
+
+
+def test_random_reference_is_the_exact_expectation_of_a_uniform_ranking():
+    candidates = np.array([1, 7, 60, 200])
+    got = expected_random_metrics(candidates)
+    rng = np.random.default_rng(0)
+    draws = np.stack([rng.integers(0, n, size=200_000) for n in candidates], axis=1)
+    simulated = metrics_from_ranks(draws.reshape(-1))   # users equally weighted: same draws each
+    for key in got:
+        assert got[key] == pytest.approx(simulated[key], abs=3e-3), key
+    assert got["hr@50"] == pytest.approx(np.mean([1, 1, 50 / 60, 50 / 200]))
+
+
+def test_a_non_finite_score_ranks_last_never_first():
+    data = _data(6, [[1]], valid=[2], test=[3])
+    nan_target = torch.tensor([[0.0, 0.0, float("nan"), 0.5, -1.0, 2.0]])
+    assert data.rank_targets(np.array([0]), nan_target, "valid")[0] == 4        # 5 candidates: last
+    all_nan = torch.full((1, 6), float("nan"))
+    assert data.rank_targets(np.array([0]), all_nan, "valid")[0] == 4
+    inf_elsewhere = torch.tensor([[0.0, 0.0, 1.0, float("nan"), float("-inf"), 0.5]])
+    assert data.rank_targets(np.array([0]), inf_elsewhere, "valid")[0] == 0      # NaN rivals rank last
 
 
 def test_federation_reports_reference_rankings_with_cold_and_warm_split():
@@ -158,13 +188,14 @@ def test_federation_reports_reference_rankings_with_cold_and_warm_split():
     cfg = make_cfg(variant="none", rounds=1)
     fed = local_federation(cfg, ds)
     problem = fed.problem
-    baselines = problem.reference_metrics()
+    baselines = problem.reference_metrics(seed=0)
+    cold_order = reference_scores(np.bincount(problem.data.train_items, minlength=ds.n_items), 0)["cold_first"]
     counts = np.bincount(problem.data.train_items, minlength=ds.n_items)
     assert (counts == 0).any()
     cold_users = counts[problem.data.test] == 0
     assert cold_users.any() and (~cold_users).any()
     for name, score in (("popularity", lambda i: (counts[i], -i)),
-                        ("cold_first", lambda i: (counts[i] == 0, counts[i], -i))):
+                        ("cold_first", lambda i: cold_order[i])):
         ranks = []
         for u in range(ds.n_users):
             lo, hi = problem.data.train_ptr[u], problem.data.train_ptr[u + 1]
@@ -178,6 +209,14 @@ def test_federation_reports_reference_rankings_with_cold_and_warm_split():
         assert baselines[name]["cold"] == pytest.approx(metrics_from_ranks(ranks[cold_users]), nan_ok=True)
         assert baselines[name]["warm"] == pytest.approx(metrics_from_ranks(ranks[~cold_users]))
         assert baselines[name]["n_cold"] == int(cold_users.sum())
+    candidates = np.array([ds.n_items - len(set(problem.data.train_items[problem.data.train_ptr[u]:
+                                                                        problem.data.train_ptr[u + 1]]) |
+                                                 {int(problem.data.valid[u])} - {int(problem.data.test[u])})
+                           for u in range(ds.n_users)])
+    assert baselines["random"]["all"] == pytest.approx(expected_random_metrics(candidates))
     summary = run_federation(cfg, fed)
     assert summary["baselines"]["popularity"] == baselines["popularity"]["all"]
+    assert summary["baselines"]["random"] == baselines["random"]["all"]
     assert summary["n_cold_test_users"] == int(cold_users.sum())
+    assert summary["cold_share"]["test"] == pytest.approx(cold_users.mean())
+    assert set(summary["baselines_valid"]) == {"popularity", "cold_first", "random"}

@@ -22,25 +22,28 @@ from fedvlr_sim.engine.messages import Upload
 from fedvlr_sim.engine.privacy import privacy_of
 from fedvlr_sim.engine.rng import Stream, uniform
 from fedvlr_sim.engine.userdata import UserData
+from fedvlr_sim.errors import FedVLRError
 
 
 class ClientPopulation:
     """The users of one shard with their data and stacked local state."""
 
     def __init__(self, model_cfg: ModelConfig, client_cfg: ClientConfig, seed: int, data: UserData,
-                 n_items: int, total_users: int | None = None):
+                 n_items: int, total_users: int | None = None, device: str = "cpu"):
         """`total_users` (all users of the federation, default: this population's) decides the
-        storage of personal tables, so every shard layout stores them alike."""
+        storage of personal tables, so every shard layout stores them alike. Local state lives
+        and trains on `device`; uploads, ranks and weights come back on the CPU."""
         self.cfg, self.seed, self.data, self.n_items = client_cfg, seed, data, n_items
+        self.device = torch.device(device)
         self.backbone = model_cfg.backbone_def
         variant = model_cfg.variant_def
         self.bpr, self.n_views, self.width = variant.bpr, variant.n_views, variant.width(model_cfg.dim)
         self.privacy = privacy_of(client_cfg, seed)
         self.table_dtype = table_dtype(client_cfg.table_dtype, total_users or len(data.users), n_items, self.width)
-        self.params = model.init_local(model.local_shapes(model_cfg, self.width, n_items), seed, data.users,
-                                       self.table_dtype)
-        self.trained = torch.zeros(len(data.users), dtype=torch.bool)   # has finished a round of training
-        self.alpha = self.backbone.aggregation_weight(torch.from_numpy(data.train_counts))
+        shapes = model.local_shapes(model_cfg, self.width, n_items)
+        self.params = {k: v.to(self.device) for k, v in model.init_local(shapes, seed, data.users, self.table_dtype).items()}
+        self.trained = torch.zeros(len(data.users), dtype=torch.bool, device=self.device)   # finished a round
+        self.alpha = self.backbone.aggregation_weight(torch.from_numpy(data.train_counts)).to(self.device)
 
     # ---------------------------------------------------------------- helpers
     def rows_of(self, users: np.ndarray) -> np.ndarray:
@@ -76,8 +79,18 @@ class ClientPopulation:
 
     def _local_chunk(self, rows: np.ndarray, prefix: str = "") -> dict[str, torch.Tensor]:
         """Float32 copies of the local state of `rows` (only names starting with `prefix`)."""
-        index = torch.from_numpy(rows)
+        index = self._index(rows)
         return {k: v[index].float() for k, v in self.params.items() if k.startswith(prefix)}
+
+    def _index(self, rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(rows).to(self.device)
+
+    def _on_device(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in tensors.items()}
+
+    def _history(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        hist, hist_mask = self.data.padded_history(rows)
+        return hist.to(self.device), hist_mask.to(self.device)
 
     # ---------------------------------------------------------------- training
     def negatives(self, round_idx: int, rows: np.ndarray, width: int) -> torch.Tensor:
@@ -87,10 +100,11 @@ class ClientPopulation:
         Shape (n, A, width, r); entry (epoch, position, k) of user u depends only on
         (seed, round, u, epoch, position, k)."""
         epochs, r = self.cfg.local_epochs, self.cfg.neg_ratio
-        free_cumsum = torch.cumsum(~self.data.train_matrix(rows, self.n_items), dim=1)
+        free_cumsum = torch.cumsum(~self.data.train_matrix(rows, self.n_items).to(self.device), dim=1)
         n_free = free_cumsum[:, -1:].double()
         counters = (np.arange(epochs)[:, None, None] << 40) | (np.arange(width)[None, :, None] << 8) | np.arange(r)
         u = torch.from_numpy(uniform(self.seed, Stream.NEGATIVES, round_idx, self.data.users[rows], counters.ravel()))
+        u = u.to(self.device)
         target = torch.floor(u * n_free).long() + 1
         return torch.searchsorted(free_cumsum, target).reshape(len(rows), epochs, width, r)
 
@@ -99,7 +113,7 @@ class ClientPopulation:
         n, width = hist_mask.shape
         counters = (np.arange(self.cfg.local_epochs)[:, None] << 40) | np.arange(width)[None, :]
         keys = torch.from_numpy(uniform(self.seed, Stream.ORDER, round_idx, self.data.users[rows], counters.ravel()))
-        keys = keys.reshape(n, self.cfg.local_epochs, width)
+        keys = keys.to(self.device).reshape(n, self.cfg.local_epochs, width)
         keys = keys.masked_fill(hist_mask[:, None, :] == 0, float("inf"))
         return keys.argsort(dim=2)
 
@@ -118,16 +132,17 @@ class ClientPopulation:
     def train(self, round_idx: int, users: np.ndarray, glob: dict[str, torch.Tensor]) -> Upload:
         """Run the local epochs of every sampled user in `users` (global ids) and sum their uploads."""
         rows = self.rows_of(np.asarray(users, dtype=np.int64))
+        glob = self._on_device(glob)
         upload = Upload({k: torch.zeros_like(v) for k, v in glob.items()}, 0.0, 0.0, 0)
         for chunk in self._chunks(rows, self._train_cost):
             upload = upload + self._train_chunk(round_idx, chunk, glob)
-        return upload
+        return Upload({k: v.cpu() for k, v in upload.grads.items()}, upload.weight, upload.loss_sum, upload.n_users)
 
     def _train_chunk(self, round_idx: int, rows: np.ndarray, glob: dict[str, torch.Tensor]) -> Upload:
         """A chunk's local training: SGD on local state, accumulated global gradients."""
         cfg, backbone = self.cfg, self.backbone
-        hist, hist_mask = self.data.padded_history(rows)
-        alpha = self.alpha[torch.from_numpy(rows)]
+        hist, hist_mask = self._history(rows)
+        alpha = self.alpha[self._index(rows)]
         local = {k: v.requires_grad_() for k, v in backbone.begin_round(self._local_chunk(rows)).items()}
         n = len(rows)
         if self.copies_globals:
@@ -141,7 +156,7 @@ class ClientPopulation:
         # shared globals: one backward of sum_u alpha_u L_u gives the weighted upload; each user's
         # local gradient is then divided by its alpha (per-user copies are weighted later)
         scale = torch.ones_like(alpha) if self.copies_globals else alpha
-        loss_sum, loss_steps = torch.zeros(n), torch.zeros(n)
+        loss_sum, loss_steps = torch.zeros(n, device=self.device), torch.zeros(n, device=self.device)
         stepped = [name for name in local if name not in backbone.frozen(cfg.global_update)]
         for pos, neg, mask in self.minibatches(round_idx, rows, hist, hist_mask):
             weights = weights_fn(local, glob_in, hist, hist_mask)
@@ -183,7 +198,7 @@ class ClientPopulation:
     def _store_chunk(self, rows, local, glob, hist, hist_mask) -> None:
         """Write the chunk's trained local state back (`glob` is what the users trained against:
         per-user copies with global_update=local)."""
-        index = torch.from_numpy(rows)
+        index = self._index(rows)
         per_user = glob["views"].dim() == 4
 
         def shared_reps():
@@ -201,8 +216,8 @@ class ClientPopulation:
 
     def scores(self, rows: np.ndarray, glob: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scores of every item for local rows `rows`, shape (n, I); no masking."""
-        hist, hist_mask = self.data.padded_history(rows)
-        trained = self.trained[torch.from_numpy(rows)]
+        hist, hist_mask = self._history(rows)
+        trained = self.trained[self._index(rows)]
         score_fn = vmap(functools.partial(model.user_scores, self.backbone), in_dims=(0, None, 0, 0, 0))
         with torch.no_grad():
             return score_fn(self._local_chunk(rows), glob, hist, hist_mask, trained)
@@ -212,6 +227,7 @@ class ClientPopulation:
         UserData.rank_targets): (global user ids, ranks of shape (U, 2))."""
         all_rows = np.arange(len(self.data.users))
         ranks = np.zeros((len(all_rows), 2), dtype=np.int64)
+        glob = self._on_device(glob)
         for chunk in self._chunks(all_rows, self._eval_cost):
             scores = self.scores(chunk, glob)
             for column, split in enumerate(("valid", "test")):
@@ -222,10 +238,11 @@ class ClientPopulation:
         """Every user's mixing weights over the views, shape (U, G)."""
         fn = vmap(model.router_weights, in_dims=(0, None, 0, 0))
         weights = np.zeros((len(self.data.users), self.n_views), dtype=np.float32)
+        glob = self._on_device(glob)
         for chunk in self._chunks(np.arange(len(self.data.users)), self._eval_cost):
-            hist, hist_mask = self.data.padded_history(chunk)
+            hist, hist_mask = self._history(chunk)
             with torch.no_grad():
-                weights[chunk] = fn(self._local_chunk(chunk, prefix="router."), glob, hist, hist_mask).numpy()
+                weights[chunk] = fn(self._local_chunk(chunk, prefix="router."), glob, hist, hist_mask).cpu().numpy()
         return self.data.users, weights
 
     def reliance(self, glob: dict[str, torch.Tensor], altered: list[dict[str, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
@@ -233,22 +250,28 @@ class ClientPopulation:
         `altered` (e.g. views with one modality replaced by its mean). Shape (U, len(altered))."""
         all_rows = np.arange(len(self.data.users))
         out = np.zeros((len(all_rows), len(altered)))
+        glob, altered = self._on_device(glob), [self._on_device(a) for a in altered]
         for chunk in self._chunks(all_rows, self._eval_cost):
             base = self.scores(chunk, glob)
             for j, other in enumerate(altered):
-                out[chunk, j] = (self.scores(chunk, other) - base).abs().mean(dim=1).numpy()
+                out[chunk, j] = (self.scores(chunk, other) - base).abs().mean(dim=1).cpu().numpy()
         return self.data.users, out
 
     # ---------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Local parameters and the trained flags (stored as `seen`), for checkpoints."""
-        return {k: v.contiguous() for k, v in self.params.items()} | {"seen": self.trained.clone()}
+        """Local parameters and the trained flags (stored as `seen`), on the CPU, for checkpoints."""
+        return {k: v.cpu().contiguous() for k, v in self.params.items()} | {"seen": self.trained.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for k in self.params:
-            self.params[k] = state[k].to(self.params[k].dtype).clone()
+        """Take a checkpoint's client state; it must hold this configuration's tensors."""
+        for k, current in self.params.items():
+            if k not in state or state[k].shape != current.shape:
+                found = f"shape {tuple(state[k].shape)}" if k in state else "nothing"
+                raise FedVLRError(f"checkpoint: client state {k!r} has {found}, expected shape {tuple(current.shape)} "
+                                  "(the run's configuration or data changed since the checkpoint)")
+            self.params[k] = state[k].to(self.device, current.dtype).clone()
         if "seen" in state:   # absent in checkpoints of backbones that did not use it
-            self.trained = state["seen"].to(torch.bool).clone()
+            self.trained = state["seen"].to(self.device, torch.bool).clone()
 
 
 def table_dtype(requested: str, n_users: int, n_items: int, width: int) -> torch.dtype:

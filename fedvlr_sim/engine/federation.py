@@ -22,7 +22,7 @@ from fedvlr_sim.config import LoopConfig
 from fedvlr_sim.engine import checkpoint
 from fedvlr_sim.engine.client import ClientPopulation
 from fedvlr_sim.engine.messages import RoundRecord, Upload
-from fedvlr_sim.engine.metrics import metrics_from_ranks, reference_ranks
+from fedvlr_sim.engine.metrics import expected_random_metrics, metrics_from_ranks, reference_ranks
 from fedvlr_sim.engine.rng import Stream, uniform
 from fedvlr_sim.engine.userdata import UserData
 from fedvlr_sim.errors import FedVLRError
@@ -42,21 +42,31 @@ class Problem:
     def item_train_counts(self) -> np.ndarray:
         return np.bincount(self.data.train_items, minlength=self.n_items)
 
-    @property
-    def cold_test(self) -> np.ndarray:
-        """Users whose test item never occurs in train."""
-        return self.item_train_counts[self.data.test] == 0
+    def cold(self, split: str = "test") -> np.ndarray:
+        """Users whose held-out item of `split` never occurs in train."""
+        return self.item_train_counts[self.data.valid if split == "valid" else self.data.test] == 0
 
-    def split_metrics(self, test_ranks: np.ndarray) -> dict:
-        """Test metrics over all users, users with a cold test item, and the rest."""
-        cold = self.cold_test
-        return {"all": metrics_from_ranks(test_ranks), "cold": metrics_from_ranks(test_ranks[cold]),
-                "warm": metrics_from_ranks(test_ranks[~cold]), "n_cold": int(cold.sum())}
+    def candidates(self, split: str, block_users: int = 4096) -> np.ndarray:
+        """How many items each user's held-out item of `split` is ranked among."""
+        rows = np.arange(self.n_users)
+        return np.concatenate([(~self.data.excluded(chunk, self.n_items, split)).sum(dim=1).numpy()
+                               for chunk in np.array_split(rows, max(1, self.n_users // block_users))])
 
-    def reference_metrics(self) -> dict:
-        """Test metrics of the reference rankings, split like a model's."""
-        return {name: self.split_metrics(ranks)
-                for name, ranks in reference_ranks(self.data, self.item_train_counts).items()}
+    def split_metrics(self, test_ranks: np.ndarray, metrics=metrics_from_ranks, split: str = "test") -> dict:
+        """Metrics over all users, users with a cold held-out item, and the rest; `metrics` maps
+        per-user values (ranks by default) of a group to its metrics."""
+        cold = self.cold(split)
+        return {"all": metrics(test_ranks), "cold": metrics(test_ranks[cold]),
+                "warm": metrics(test_ranks[~cold]), "n_cold": int(cold.sum())}
+
+    def reference_metrics(self, seed: int = 0, split: str = "test") -> dict:
+        """Metrics of the reference rankings on `split`, split like a model's: popularity, cold
+        items first (random order among them, from `seed`), and the exact expectation of a
+        uniformly random ranking."""
+        ranks = reference_ranks(self.data, self.item_train_counts, seed, split)
+        out = {name: self.split_metrics(r, split=split) for name, r in ranks.items()}
+        out["random"] = self.split_metrics(self.candidates(split), expected_random_metrics, split)
+        return out
 
 
 def sample_clients(seed: int, round_idx: int, n_users: int, ratio: float) -> np.ndarray:
@@ -162,6 +172,7 @@ class Federation:
             round_idx = self.round + 1
             started = time.perf_counter()
             record = self.run_round(round_idx)
+            _check_finite(record)
             if round_idx % loop.eval_every == 0 or round_idx == loop.rounds:
                 glob = self.server.publish()
                 record.valid, test = self.evaluate(glob)
@@ -202,6 +213,14 @@ class Federation:
         for c in self.callbacks:
             if c.key in state["callbacks"]:
                 c.load_state_dict(state["callbacks"][c.key])
+
+
+def _check_finite(record: RoundRecord) -> None:
+    """A diverged round ends the run: nothing after it could be trusted."""
+    if not (math.isfinite(record.loss) and math.isfinite(record.grad_norm)):
+        raise FedVLRError(f"round {record.round} diverged (training loss {record.loss}, gradient norm "
+                          f"{record.grad_norm}): lower --lr or --server-lr; the metrics and the last checkpoint "
+                          "of the rounds before it are kept")
 
 
 def _upgrade_loop_state(state: dict) -> dict:

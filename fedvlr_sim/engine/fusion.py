@@ -39,6 +39,8 @@ class Fusion(nn.Module):
                 feats = feats.float()
                 if model_cfg.ablation_of(name) == "noise":
                     feats = matched_norm_noise(feats, generator)
+                if self.variant.center_features:   # real CLIP rows share one dominant direction
+                    feats = feats - feats.mean(dim=0, keepdim=True)
                 self.register_buffer(name, feats if self.kept[name] else torch.zeros_like(feats))
         self.variant.build(self, model_cfg.dim)
         self._reset(generator)

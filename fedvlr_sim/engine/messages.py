@@ -75,14 +75,18 @@ class RunSummary:
     seconds: float
     config: dict
     stopped: str = ""                   # why the run ended
+    baselines_valid: dict = field(default_factory=dict)   # references on valid (what selection sees)
+    cold_share: dict = field(default_factory=dict)        # share of users with a never-trained held-out item
+    warnings: list = field(default_factory=list)
     modality_spearman: dict | None = None
+    modality_reliance: dict | None = None                 # mean per-user reliance share per modality
     run_info: dict = field(default_factory=dict)   # backend facts: shards, server device, recoveries
 
     def to_dict(self) -> dict:
         """The summary.json form (optional parts left out when absent)."""
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("run_info", "modality_spearman")}
-        if self.modality_spearman is not None:
-            out["modality_spearman"] = self.modality_spearman
+        optional = ("modality_spearman", "modality_reliance")
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("run_info", *optional)}
+        out |= {k: getattr(self, k) for k in optional if getattr(self, k) is not None}
         return out | self.run_info
 
     @classmethod

@@ -21,26 +21,40 @@ def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
     return out
 
 
-def reference_scores(train_item_counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Scores of the two reference rankings, as total orders (ties broken by lower item id):
-    `popularity` (train interactions per item) and `cold_first` (items never seen in train
-    first, then by popularity)."""
+def expected_random_metrics(candidates: np.ndarray) -> dict[str, float]:
+    """The exact expected metrics of a uniformly random ranking, averaged over users, where
+    user u's held-out item is one of `candidates[u]` ranked items (its rank is uniform)."""
+    n = np.asarray(candidates, dtype=np.int64)
+    out = {}
+    for k in CUTOFFS:
+        discounts = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(k) + 2))])   # sum over r < m
+        top = np.minimum(k, n)
+        out[f"hr@{k}"] = float((top / n).mean()) if len(n) else float("nan")
+        out[f"ndcg@{k}"] = float((discounts[top] / n).mean()) if len(n) else float("nan")
+    return out
+
+
+def reference_scores(train_item_counts: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """Scores of the reference rankings, as total orders: `popularity` (train interactions per
+    item, ties by lower item id) and `cold_first` (items never seen in train first, in a random
+    order drawn from `seed` so no item id is favoured, then by popularity)."""
     counts = np.asarray(train_item_counts, dtype=np.float64)
-    tie_break = -np.arange(len(counts)) / (len(counts) + 1.0)
-    popularity = counts + tie_break
-    cold_first = popularity + (counts == 0) * (counts.max() + 1.0)
+    popularity = counts - np.arange(len(counts)) / (len(counts) + 1.0)
+    random_order = np.random.default_rng(seed).random(len(counts))
+    cold_first = np.where(counts == 0, counts.max() + 2.0 + random_order, popularity)
     return {"popularity": popularity, "cold_first": cold_first}
 
 
-def reference_ranks(data, train_item_counts: np.ndarray, block_elements: int = 1 << 24) -> dict[str, np.ndarray]:
-    """Test ranks of every user under each reference ranking (`data` is a UserData), scored in
-    blocks of users of about `block_elements` scores."""
+def reference_ranks(data, train_item_counts: np.ndarray, seed: int = 0, split: str = "test",
+                    block_elements: int = 1 << 24) -> dict[str, np.ndarray]:
+    """Ranks of every user's held-out item of `split` under each reference ranking (`data` is a
+    UserData), scored in blocks of users of about `block_elements` scores."""
     rows = np.arange(len(data.users))
     out = {}
-    for name, scores in reference_scores(train_item_counts).items():
+    for name, scores in reference_scores(train_item_counts, seed).items():
         ranks = np.zeros(len(rows), dtype=np.int64)
         for chunk in np.array_split(rows, max(1, len(rows) * len(scores) // block_elements)):
-            ranks[chunk] = data.rank_targets(chunk, torch.from_numpy(scores).expand(len(chunk), -1), "test")
+            ranks[chunk] = data.rank_targets(chunk, torch.from_numpy(scores).expand(len(chunk), -1), split)
         out[name] = ranks
     return out
 

@@ -61,7 +61,7 @@ def router_weights(local: dict, glob: dict, hist, hist_mask) -> torch.Tensor:
     """The user's mixing weights over views (a single 1.0 when there is no router)."""
     if "router.w1" in local:
         return mixing_weights(local, glob["views"], hist, hist_mask)
-    return torch.ones(glob["views"].shape[0])
+    return torch.ones(glob["views"].shape[0], device=glob["views"].device)
 
 
 def shared_rep(glob: dict, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ class GaussianPrivacy:
         if self.noise_multiplier == 0:
             return clipped
         noise = normal(self.seed, Stream.DP_NOISE, round_idx, users, uploads.shape[1])
-        return clipped + noise * (self.noise_multiplier * self.clip)
+        return clipped + noise.to(uploads.device) * (self.noise_multiplier * self.clip)
 
 
 def privacy_of(client_cfg, seed: int) -> GaussianPrivacy | None:

@@ -48,10 +48,10 @@ def make_server(cfg: RunConfig, dataset, device: str = "cpu") -> Server:
     return Server(cfg.model, cfg.server, cfg.seed, dataset.n_items, vision, text, device=device)
 
 
-def make_population(cfg: RunConfig, problem: Problem, users: np.ndarray) -> ClientPopulation:
-    """The client population of `users` (a contiguous slice of the federation's users)."""
+def make_population(cfg: RunConfig, problem: Problem, users: np.ndarray, device: str = "cpu") -> ClientPopulation:
+    """The client population of `users` (a contiguous slice of the federation's users) on `device`."""
     return ClientPopulation(cfg.model, cfg.client, cfg.seed, problem.data.subset(users), problem.n_items,
-                            problem.n_users)
+                            problem.n_users, device)
 
 
 def local_pool(cfg: RunConfig, problem: Problem, n_shards: int) -> LocalPool:
@@ -96,17 +96,26 @@ def local_federation(cfg: RunConfig, dataset, run_dir: Path | None = None, on_ro
 
 
 def summarize(cfg: RunConfig, fed: Federation, run_info: dict | None = None) -> RunSummary:
-    """The run's summary: test metrics at the best-valid round beside the reference rankings."""
+    """The run's summary: test metrics at the best-valid round beside the reference rankings,
+    the share of cold held-out items, and warnings a reader should not miss."""
     best_round = fed.callback(BestRound)
     best = best_round.best or {"valid": {}, "test": {"all": {}, "cold": {}, "warm": {}, "n_cold": 0}}
-    references = fed.problem.reference_metrics()
+    problem, metric = fed.problem, cfg.loop.select_metric
+    references = problem.reference_metrics(cfg.seed)
+    valid_references = {k: v["all"] for k, v in problem.reference_metrics(cfg.seed, "valid").items()}
+    warnings = []
+    if best["valid"] and best["valid"][metric] < valid_references["popularity"][metric]:
+        warnings.append(f"the selected model is below the popularity ranking on valid {metric} "
+                        f"({best['valid'][metric]:.4f} < {valid_references['popularity'][metric]:.4f})")
     return RunSummary(
-        dataset=fed.problem.name, backbone=cfg.model.backbone, variant=cfg.model.variant,
-        best_round=best_round.round, rounds_run=fed.round, selected_on=f"valid {cfg.loop.select_metric}",
+        dataset=problem.name, backbone=cfg.model.backbone, variant=cfg.model.variant,
+        best_round=best_round.round, rounds_run=fed.round, selected_on=f"valid {metric}",
         valid=best["valid"], test=best["test"]["all"], test_cold=best["test"]["cold"],
-        test_warm=best["test"]["warm"], n_users=fed.problem.n_users, n_cold_test_users=best["test"]["n_cold"],
+        test_warm=best["test"]["warm"], n_users=problem.n_users, n_cold_test_users=best["test"]["n_cold"],
         baselines={k: v["all"] for k, v in references.items()},
         baselines_cold={k: v["cold"] for k, v in references.items()},
         baselines_warm={k: v["warm"] for k, v in references.items()},
-        seconds=fed.seconds, config=cfg.flat(), stopped=fed.stop_reason,
-        modality_spearman=best.get("modality_spearman"), run_info=dict(run_info or {}))
+        seconds=fed.seconds, config=cfg.flat(), stopped=fed.stop_reason, baselines_valid=valid_references,
+        cold_share={split: float(problem.cold(split).mean()) for split in ("valid", "test")}, warnings=warnings,
+        modality_spearman=best.get("modality_spearman"), modality_reliance=best.get("modality_reliance"),
+        run_info=dict(run_info or {}))

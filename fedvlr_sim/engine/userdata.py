@@ -77,13 +77,24 @@ class UserData:
         matrix[torch.from_numpy(owner), torch.from_numpy(items)] = True
         return matrix
 
-    def rank_targets(self, rows: np.ndarray, scores: torch.Tensor, split: str) -> np.ndarray:
-        """Rank (0 = top) of each row's held-out item among all items: train items are masked
-        (and the valid item at test time), the target itself never is; ties count against."""
+    def excluded(self, rows: np.ndarray, n_items: int, split: str) -> torch.Tensor:
+        """Boolean (n, n_items): the items not ranked for each row's held-out item of `split`:
+        train items (and the valid item at test time), never the target itself."""
         target = torch.from_numpy((self.valid if split == "valid" else self.test)[rows])
-        excluded = self.train_matrix(rows, scores.shape[1])
+        excluded = self.train_matrix(rows, n_items)
         if split == "test":
             excluded.scatter_(1, torch.from_numpy(self.valid[rows])[:, None], True)
-        excluded.scatter_(1, target[:, None], False)
-        masked = scores.masked_fill(excluded, float("-inf"))
-        return ((masked >= masked.gather(1, target[:, None])).sum(dim=1) - 1).numpy()
+        return excluded.scatter_(1, target[:, None], False)
+
+    def rank_targets(self, rows: np.ndarray, scores: torch.Tensor, split: str) -> np.ndarray:
+        """Rank (0 = top) of each row's held-out item among its candidates (see `excluded`).
+        `scores` is (n, I), or (n, k, I) for k scorings at once (ranks then (n, k)). Ties count
+        against the target, and a non-finite score ranks last: a diverged model never scores."""
+        target = torch.from_numpy((self.valid if split == "valid" else self.test)[rows]).to(scores.device)
+        excluded = self.excluded(rows, scores.shape[-1], split).to(scores.device)
+        if scores.dim() == 3:
+            excluded, target = excluded[:, None, :], target[:, None]
+        clean = torch.nan_to_num(scores, nan=-torch.inf)
+        target_score = clean.gather(-1, target.expand(clean.shape[:-1])[..., None])
+        target_score = torch.where(torch.isfinite(target_score), target_score, -torch.inf)
+        return (((clean >= target_score) & ~excluded).sum(dim=-1) - 1).cpu().numpy()

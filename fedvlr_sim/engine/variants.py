@@ -14,12 +14,15 @@ mixes several views with a private router, whether it needs item features, and t
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from fedvlr_sim.engine.operators import OPERATORS
 
 VARIANTS: dict[str, "Variant"] = {}
+MODALITY_VIEWS = ("vision", "text", "id")
 
 
 def register(variant: "Variant") -> "Variant":
@@ -35,10 +38,23 @@ class Variant:
                  uses_router: bool = False, bpr: bool = False):
         self.name, self.operators = name, operators
         self.uses_features, self.uses_router, self.bpr = uses_features, uses_router, bpr
+        self.modality_views, self.view_norm, self.center_features = False, "none", False
+
+    def configured(self, modality_views: bool = False, view_norm: str = "none",
+                   center_features: bool = False) -> "Variant":
+        """This variant with the fusion-input choices of SPEC.md section 10: the modality-only
+        views x_v, x_c, x_d offered to the router beside the operator views (router variants
+        only), every operator view normalised to unit RMS per item (`view_norm="rms"`), and
+        the content features centred on their item mean."""
+        variant = copy.copy(self)
+        variant.modality_views = modality_views and self.uses_router
+        variant.view_norm = view_norm if self.operators else "none"
+        variant.center_features = center_features and self.uses_features
+        return variant
 
     @property
     def n_views(self) -> int:
-        return max(1, len(self.operators))
+        return max(1, len(self.operators)) + (len(MODALITY_VIEWS) if self.modality_views else 0)
 
     def width(self, dim: int) -> int:
         """Width w of the views for embedding size d."""
@@ -74,7 +90,12 @@ class Variant:
         for m in ("vision", "text"):
             x[m] = fusion.project[m](raw(m)) if fusion.kept[m] else torch.zeros_like(ids)
         stacked = torch.cat([x["vision"], x["text"], x["id"]], dim=1)
-        return torch.stack([OPERATORS[op].view(fusion, x, stacked) for op in self.operators])
+        views = [OPERATORS[op].view(fusion, x, stacked) for op in self.operators]
+        if self.modality_views:
+            views += [x[m] for m in MODALITY_VIEWS]
+        if self.view_norm == "rms":
+            views = [v * torch.rsqrt(v.pow(2).mean(dim=1, keepdim=True) + 1e-6) for v in views]
+        return torch.stack(views)
 
 
 class Vbpr(Variant):

@@ -1,0 +1,84 @@
+"""Honest numbers under failure and beside the right references: a diverged model never scores,
+a diverged round ends the run with a one-line error, every summary carries the exact score of a
+random ranking and the share of cold held-out items, and reliance is a per-user share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedvlr_sim.engine.callbacks import History, reliance_shares
+from fedvlr_sim.engine.simulation import local_federation
+from fedvlr_sim.errors import FedVLRError
+from helpers_engine import make_cfg, make_dataset, run_federation
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return make_dataset(n_users=16, n_items=30, seed=12, n_cold=3)
+
+
+class NaNLossAfter:
+    """A pool whose training loss turns NaN from round `bad_round` on (a diverged client)."""
+
+    def __init__(self, pool, bad_round: int):
+        self.pool, self.bad_round = pool, bad_round
+
+    def __getattr__(self, name):
+        return getattr(self.pool, name)
+
+    def train(self, round_idx, users, glob):
+        upload = self.pool.train(round_idx, users, glob)
+        if round_idx >= self.bad_round:
+            upload.loss_sum = float("nan")
+        return upload
+
+
+def test_a_diverged_round_ends_the_run_in_one_line_keeping_the_rounds_before(dataset):
+    cfg = make_cfg(rounds=5)
+    fed = local_federation(cfg, dataset)
+    fed.pool = NaNLossAfter(fed.pool, bad_round=3)
+    with pytest.raises(FedVLRError) as err:
+        fed.run()
+    message = str(err.value)
+    assert "round 3 diverged" in message and "--lr" in message and "\n" not in message
+    assert [r.round for r in fed.callback(History).records] == [1, 2]
+
+
+def test_a_huge_server_step_gives_a_low_finite_score_never_a_perfect_one(dataset):
+    cfg = make_cfg(rounds=3, server_lr=1e30, local_epochs=1)
+    try:
+        summary = run_federation(cfg, local_federation(cfg, dataset))
+    except FedVLRError as err:
+        assert "diverged" in str(err)
+        return
+    for part in ("valid", "test"):
+        for value in summary[part].values():
+            assert np.isfinite(value) and 0 <= value <= 1
+    assert summary["test"]["hr@50"] < 1.0
+
+
+def test_every_summary_has_the_random_reference_cold_shares_and_warnings(dataset):
+    cfg = make_cfg(rounds=2, variant="none")
+    summary = run_federation(cfg, local_federation(cfg, dataset))
+    assert {"popularity", "cold_first", "random"} <= set(summary["baselines"])
+    assert 0 < summary["cold_share"]["test"] < 1 and 0 <= summary["cold_share"]["valid"] <= 1
+    below = summary["valid"]["ndcg@50"] < summary["baselines_valid"]["popularity"]["ndcg@50"]
+    assert bool(summary["warnings"]) == below
+
+
+def test_reliance_is_a_per_user_share_so_score_scale_cancels():
+    reliance = np.array([[1.0, 2.0, 1.0], [10.0, 20.0, 10.0], [0.0, 0.0, 0.0]])
+    shares = reliance_shares(reliance)
+    np.testing.assert_allclose(shares[0], [0.25, 0.5, 0.25])
+    np.testing.assert_allclose(shares[1], shares[0])
+    np.testing.assert_allclose(shares[2], [1 / 3] * 3)
+
+
+def test_fusion_runs_report_mean_reliance_shares(dataset):
+    cfg = make_cfg(rounds=2, variant="ours")
+    summary = run_federation(cfg, local_federation(cfg, dataset))
+    shares = summary["modality_reliance"]
+    assert set(shares) == {"vision", "text", "id"}
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert set(summary["modality_spearman"]) == {"vision", "text", "id", "mean"}
