@@ -1,6 +1,8 @@
 """cluster.yaml is a real Ray cluster-launcher file: Ray's own schema validation accepts it, it
-describes the head / GPU / CPU-worker layout the README promises, and its setup installs the
-package. A broken variant of it is rejected by the same validation (the check has teeth)."""
+describes the head / GPU / CPU-worker layout the README promises, every node installs the working
+tree with the tested versions (CPU-only torch where there is no GPU) and mounts shared storage for
+run folders, and the dashboard is reached through an SSH tunnel, not an open port. A broken
+variant of it is rejected by the same validation (the check has teeth)."""
 
 from __future__ import annotations
 
@@ -50,15 +52,57 @@ def test_it_has_a_head_a_gpu_node_type_and_a_cpu_worker_type(cluster):
     assert sum(spec.get("min_workers", 0) for spec in workers.values()) <= cluster["max_workers"]
 
 
-def test_setup_installs_the_package(cluster):
-    commands = cluster["setup_commands"] + cluster.get("head_setup_commands", []) + cluster.get("worker_setup_commands", [])
-    installs = [c for c in commands if "pip install" in c and "fedvlr-sim" in c]
-    assert installs, f"no setup command installs fedvlr-sim: {commands}"
+def setup_of(cluster: dict, node_type: str) -> list[str]:
+    """The setup commands a node of `node_type` runs, composed as Ray's autoscaler does:
+    setup_commands + head_/worker_setup_commands, unless the node type has its own list."""
+    prepared = prepare_config(copy.deepcopy(cluster))
+    if node_type == prepared["head_node_type"]:
+        return prepared["head_setup_commands"]
+    return prepared["available_node_types"][node_type].get("worker_setup_commands",
+                                                           prepared["worker_setup_commands"])
 
 
-def test_the_head_exposes_the_dashboard_and_metrics(cluster):
+def node_types(cluster: dict) -> list[str]:
+    return list(cluster["available_node_types"])
+
+
+def pip_installs(commands: list[str]) -> list[str]:
+    return [c for c in commands if "pip install" in c]
+
+
+def test_every_node_installs_the_mounted_working_tree_with_the_tested_versions(cluster):
+    (tree,) = [remote for remote, local in cluster["file_mounts"].items() if local == "."]
+    for node_type in node_types(cluster):
+        installs = pip_installs(setup_of(cluster, node_type))
+        assert any(c.rstrip().endswith(f" {tree}") for c in installs), f"{node_type} does not install {tree}"
+        for command in installs:
+            assert f"-c {tree}/constraints-ci.txt" in command, f"{node_type}: {command}"
+
+
+def test_cpu_only_nodes_install_cpu_torch_before_the_project_and_the_gpu_node_keeps_cuda(cluster):
+    cpu_index = "--index-url https://download.pytorch.org/whl/cpu"
+    for node_type in node_types(cluster):
+        installs = pip_installs(setup_of(cluster, node_type))
+        from_cpu_index = [i for i, c in enumerate(installs) if cpu_index in c]
+        if resources(cluster, node_type).get("GPU", 0):
+            assert not from_cpu_index, f"{node_type} would lose CUDA"
+        else:
+            assert from_cpu_index and from_cpu_index[0] < len(installs) - 1, f"{node_type}: {installs}"
+            assert "torch torchvision" in installs[from_cpu_index[0]]
+
+
+def test_every_node_mounts_shared_storage_for_run_folders_at_a_marked_placeholder(cluster):
+    for node_type in node_types(cluster):
+        mounts = [c for c in setup_of(cluster, node_type) if "mount -t nfs" in c]
+        assert len(mounts) == 1 and " /shared" in mounts[0], node_type
+        assert "REPLACE" in mounts[0]
+
+
+def test_the_dashboard_is_reached_through_a_tunnel_and_its_metrics_page_is_configured(cluster):
     start = " ".join(cluster["head_start_ray_commands"])
-    assert "--head" in start and "--dashboard-host=0.0.0.0" in start and "--metrics-export-port" in start
+    assert "--head" in start and "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
+    assert "--metrics-export-port" in start
+    assert "RAY_PROMETHEUS_HOST=" in start and "RAY_GRAFANA_HOST=" in start
 
 
 def test_an_unknown_key_in_a_node_type_is_rejected(cluster):

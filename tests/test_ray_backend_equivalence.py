@@ -25,8 +25,7 @@ CASES = [("fedrap+ours", 1), ("fedrap+ours", 2), ("fedrap+ours", 3), ("pfedrec+n
 
 
 def config(name: str, **extra) -> RunConfig:
-    # seed 0: the seed the `tiny` world was generated with (Ray shards regenerate it from the
-    # config's dataset name and seed)
+    # seed 0: the seed the `tiny` world was generated with
     return RunConfig.create(dataset="synthetic:tiny", dim=16, checkpoint_every=0, seed=0,
                      **CONFIGS[name], **extra)
 

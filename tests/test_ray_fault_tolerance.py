@@ -68,7 +68,9 @@ def test_a_killed_shard_is_recovered_and_the_run_ends_as_an_unbroken_one(ray_loc
     assert summary["rounds_run"] == cfg.loop.rounds
     assert [r.round for r in result["outcome"].history] == list(range(1, cfg.loop.rounds + 1))
     assert_same_metrics(summary, unbroken)
-    assert summary["modality_spearman"] == pytest.approx(unbroken["modality_spearman"], abs=1e-5)
+    # reliance ranks users by small score changes; float round-off between processes (CPU scatter-adds
+    # in backward) can swap near-tied users, so the correlation agrees to a looser tolerance
+    assert summary["modality_spearman"] == pytest.approx(unbroken["modality_spearman"], abs=2e-3)
     assert checkpoint.read(checkpoint.latest(tmp_path))[1]["round"] == cfg.loop.rounds
 
 

@@ -1,14 +1,15 @@
 """What a Ray cluster shows of a run: the fedvlr_* custom metrics (ray.util.metrics) and actors
 named after their role and run, as the README promises for the dashboard.
 
-The Prometheus export is not reachable in tests, so the metrics check is a smoke test: the
-metric objects are created in the driver's Ray session and accept round records."""
+The test session's Ray instance exports no metrics, so these metrics checks are smoke tests: the
+metric objects are created in a Ray session and accept round records and shard timings
+(tests/test_ray_job_submit.py scrapes a real head's export)."""
 
 from __future__ import annotations
 
 import time
 
-from fedvlr_sim.actors.metrics import RayMetrics
+from fedvlr_sim.actors.metrics import RayMetrics, ShardTiming
 from fedvlr_sim.backends import open_backend
 from fedvlr_sim.config import RunConfig
 from fedvlr_sim.engine.messages import RoundRecord
@@ -29,6 +30,10 @@ def test_run_metrics_accept_round_records_inside_the_ray_session(ray_local):
     metrics.on_round_end(None, EVALUATED_ROUND)
     # a round without evaluation (eval_every > 1) has no valid metrics: still recorded
     metrics.on_round_end(None, TRAINING_ONLY_ROUND)
+
+
+def test_a_shard_records_its_train_seconds_inside_the_ray_session(ray_local):
+    ShardTiming("test-run", 0).record(0.25)
 
 
 def test_actors_are_named_by_role_and_run_and_removed_when_closed(ray_local, tiny):

@@ -1,1 +1,1 @@
-"""Ray actors that place the engine on a cluster: ParameterServer, ClientShard, Scheduler."""
+"""Ray actors that place the engine on a cluster: ParameterServer, ClientShard, the Ray pool, metrics."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
@@ -9,11 +10,12 @@ import numpy as np
 import ray
 import torch
 
+from fedvlr_sim.actors.metrics import ShardTiming
 from fedvlr_sim.config import RunConfig
 from fedvlr_sim.engine import checkpoint
+from fedvlr_sim.engine.client import ClientPopulation
 from fedvlr_sim.engine.messages import Upload
 from fedvlr_sim.engine.resources import peak_rss_bytes
-from fedvlr_sim.engine.simulation import make_population, problem_of
 
 
 def as_tensors(glob) -> dict[str, torch.Tensor]:
@@ -29,15 +31,17 @@ def as_tensors(glob) -> dict[str, torch.Tensor]:
 class ClientShard:
     """Wraps an engine `ClientPopulation`. One call per round trains all its sampled users."""
 
-    def __init__(self, cfg: RunConfig, first_user: int, end_user: int, threads: int = 1):
-        """Owns users first_user..end_user-1 of `cfg.launch.dataset`, which it loads itself (so a
-        restarted shard needs nothing from the driver; on a cluster `--data-dir` must be
-        readable from every node)."""
-        from fedvlr_sim.datasets import load_dataset
-
+    def __init__(self, cfg: RunConfig, data: list[ray.ObjectRef], n_items: int, n_users: int, run_name: str,
+                 shard: int, threads: int = 1):
+        """Owns the users whose `UserData` the driver put in the object store; `data` wraps that
+        one reference in a list, so Ray hands the reference over instead of resolving it. The
+        driver holds it for the whole run (Ray does not keep resolved constructor arguments alive
+        for restarts, ray-project/ray#47043), so a shard Ray restarts fetches the same data again
+        and no node but the driver's reads the dataset. `n_users` is the federation's total;
+        this is shard `shard` of run `run_name`."""
         torch.set_num_threads(threads)
-        problem = problem_of(load_dataset(cfg.launch.dataset, Path(cfg.launch.data_dir), seed=cfg.seed))
-        self.population = make_population(cfg, problem, np.arange(first_user, end_user))
+        self.population = ClientPopulation(cfg.model, cfg.client, cfg.seed, ray.get(data[0]), n_items, n_users)
+        self.timing = ShardTiming(run_name, shard)
 
     def users(self) -> np.ndarray:
         return self.population.data.users
@@ -46,7 +50,10 @@ class ClientShard:
         return self.population.data.fingerprint()
 
     def train(self, round_idx: int, users: np.ndarray, glob) -> Upload:
-        return self.population.train(round_idx, users, as_tensors(glob))
+        started = time.perf_counter()
+        upload = self.population.train(round_idx, users, as_tensors(glob))
+        self.timing.record(time.perf_counter() - started)
+        return upload
 
     def ranks(self, glob):
         return self.population.ranks(as_tensors(glob))

@@ -72,41 +72,49 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
 
 @dataclass
 class Placement:
-    """The actors of one run."""
+    """The actors of one run, and the object-store references of the shards' data (held while
+    the actors live, so that Ray can restart a shard with its data)."""
 
     server: object
     shards: list
     shard_users: list
     server_device: str
+    shard_data: list
 
     def kill(self) -> None:
         for actor in [self.server, *self.shards]:
             ray.kill(actor)
 
 
-def place_actors(cfg: RunConfig, dataset, problem: Problem, tag: str) -> Placement:
+def place_actors(cfg: RunConfig, dataset, problem: Problem, run_name: str) -> Placement:
     """A ParameterServer (on a GPU when the cluster has one) and one ClientShard per CPU (or
-    `--shards`), each owning a contiguous slice of users and loading its own data."""
+    `--shards`), each owning a contiguous slice of users. The driver puts each slice's data in
+    the object store, so only the driver's node reads the dataset."""
     resources = ray.cluster_resources()
     if int(resources.get("CPU", 0)) < 1:
         raise FedVLRError("--address: the Ray cluster has no CPU to place a client shard on")
-    cfg = cfg.replace(data_dir=str(Path(cfg.launch.data_dir).resolve()))   # actors' cwd differs
+    tag = f"{run_name}-{uuid.uuid4().hex[:6]}"
     vision, text = features_of(dataset, cfg)
     use_gpu = resources.get("GPU", 0) >= 1
     server = ParameterServer.options(name=f"fedvlr-parameter-server-{tag}", num_gpus=1 if use_gpu else 0).remote(
         cfg, dataset.n_items, vision, text)
     _, _, device = ray.get(server.shape.remote())
     users = shard_users(problem.n_users, cfg.launch.shards or int(resources["CPU"]))
+    data = [problem.data.subset(mine) for mine in users]
+    refs = [ray.put(part) for part in data]
     shards = [ClientShard.options(name=f"fedvlr-shard-{i}-{tag}", max_restarts=MAX_RECOVERIES, max_task_retries=0)
-              .remote(cfg, int(mine[0]), int(mine[-1]) + 1) for i, mine in enumerate(users)]
-    placement = Placement(server, shards, users, device)
-    expected = [problem.data.subset(mine).fingerprint() for mine in users]
-    if ray.get([s.fingerprint.remote() for s in shards]) != expected:
-        placement.kill()
-        raise FedVLRError(f"--data-dir {cfg.launch.data_dir}: the client shards loaded different data for dataset "
-                          f"{cfg.launch.dataset!r} (seed {cfg.seed}) than the driver; the prepared dataset must be "
-                          "the same and readable on every node")
+              .remote(cfg, [ref], problem.n_items, problem.n_users, run_name, i) for i, ref in enumerate(refs)]
+    placement = Placement(server, shards, users, device, refs)
+    _check_received(placement, [part.fingerprint() for part in data])
     return placement
+
+
+def _check_received(placement: Placement, fingerprints: list[str]) -> None:
+    """Remove the actors and raise unless every shard holds exactly the data it was given."""
+    if ray.get([s.fingerprint.remote() for s in placement.shards]) != fingerprints:
+        placement.kill()
+        raise FedVLRError("the client shards received different user data than the driver put in the object store; "
+                          "check that every node runs the same fedvlr-sim version")
 
 
 class RayBackend:
@@ -149,7 +157,7 @@ def _lost(err: Exception) -> FedVLRError:
 def ray_backend(cfg: RunConfig, dataset, problem: Problem, run_name: str = "run"):
     """Join or start Ray, place the actors, yield a RayBackend; remove the actors afterwards."""
     with ray_session(cfg.launch.address):
-        placement = place_actors(cfg, dataset, problem, f"{run_name}-{uuid.uuid4().hex[:6]}")
+        placement = place_actors(cfg, dataset, problem, run_name)
         try:
             yield RayBackend(placement, problem, run_name)
         finally:

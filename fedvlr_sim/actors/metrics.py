@@ -1,5 +1,9 @@
-"""Custom metrics of a run for the Ray dashboard and Prometheus (`ray_fedvlr_*`), as a loop
-callback."""
+"""Custom metrics of a run for the Ray dashboard and Prometheus, through `ray.util.metrics`.
+
+Ray exports each under its name prefixed with `ray_` (a Counter also gains `_total`), so
+Prometheus and `deploy/grafana/fedvlr-dashboard.json` see `ray_fedvlr_rounds_completed_total`,
+`ray_fedvlr_shard_train_seconds`, ... Every metric carries the tag `run` (the run folder's name).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from fedvlr_sim.engine.messages import RoundRecord
 
 
 class RayMetrics(Callback):
-    """Publishes rounds done, client updates per second, bytes put per round and valid metrics."""
+    """Publishes, from the driver, rounds done, client updates per second, bytes put per round
+    and valid metrics."""
 
     def __init__(self, run_name: str, server_proxy=None):
         from ray.util.metrics import Counter, Gauge
@@ -31,3 +36,18 @@ class RayMetrics(Callback):
         if record.valid:
             self.hr.set(record.valid["hr@50"])
             self.ndcg.set(record.valid["ndcg@50"])
+
+
+class ShardTiming:
+    """Publishes, from inside a ClientShard, how long its last train call took (tags `run` and
+    `shard`): the slowest shard sets the pace of every round."""
+
+    def __init__(self, run_name: str, shard: int):
+        from ray.util.metrics import Gauge
+
+        self.seconds = Gauge("fedvlr_shard_train_seconds", description="Seconds the shard's last train call took.",
+                             tag_keys=("run", "shard"))
+        self.seconds.set_default_tags({"run": run_name, "shard": str(shard)})
+
+    def record(self, seconds: float) -> None:
+        self.seconds.set(seconds)
