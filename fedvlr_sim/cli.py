@@ -18,7 +18,8 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from fedvlr_sim.config import MODALITIES, SEED_HELP, RunConfig, option_fields
+from fedvlr_sim.config import (MODALITIES, SEED_HELP, RunConfig, option_fields, parse_settings, read_options,
+                               require_folder, resolve)
 from fedvlr_sim.errors import FedVLRError
 
 app = typer.Typer(add_completion=False, help="Federated vision-language recommendation simulator (FedVLR).")
@@ -37,10 +38,25 @@ def user_errors(command):
     return wrapper
 
 
-def build_config(config_file: Optional[Path], overrides: dict) -> RunConfig:
-    """Field defaults < config file < command-line options that were given."""
-    cfg = RunConfig.from_file(config_file) if config_file else RunConfig()
-    return cfg.replace(**{name: value for name, value in overrides.items() if value is not None})
+def build_config(config_file: Optional[Path], settings: list[str], options: dict) -> RunConfig:
+    """Field defaults < $FEDVLR_DATA_DIR < config file < --set assignments < command-line options
+    that were given; an error names the file, the --set or the option at fault."""
+    layers = [(None, {"data_dir": DATA_DIR})]
+    if config_file:
+        layers.append((str(config_file), read_options(config_file)))
+    layers += parse_settings(settings)
+    layers.append((None, {name: value for name, value in options.items() if value is not None}))
+    return resolve(layers)
+
+
+CONFIG_HELP = ("Config file of run options: .json, .toml, .yaml or .yml (a run's config.json works; --set and "
+               "command-line options override it).")
+SET_HELP = "Override one option: key=value, key flat (lr) or dotted (client.lr), value JSON or text (repeatable)."
+
+
+def data_dir_option(value: str) -> Path:
+    """The --data-dir of the data commands, refused when it names a file."""
+    return require_folder("--data-dir", Path(value), "of prepared datasets")
 
 
 def ablation_of(drop: list[str], noise: list[str]) -> dict[str, str] | None:
@@ -97,45 +113,62 @@ def run(
     options: dict,
     drop: list[str] = typer.Option([], help="Modality ablation: drop vision, text or id (repeatable)."),
     noise: list[str] = typer.Option([], help="Modality ablation: replace vision, text or id by matched-norm noise."),
-    config: Optional[Path] = typer.Option(None, help="JSON file of run options (a run's config.json works; "
-                                          "command-line options override it)."),
+    config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run in this folder."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved configuration as JSON and "
+                                      "exit (nothing is trained or written)."),
 ) -> None:
     """Train and evaluate one federated model; write a results folder."""
-    from fedvlr_sim.runlock import run_lock
-    from fedvlr_sim.runner import new_run, resume_config
-
     given = {k: v for k, v in options.items() if v is not None}
     ablation = ablation_of(drop, noise)
     if ablation:
         given["ablation"] = ablation
-    if resume:
-        if config:
-            raise FedVLRError("--config cannot be combined with --resume (the run keeps its own config.json)")
-        if not resume.is_dir():
-            raise FedVLRError(f"--resume {resume}: no such run folder (expected a folder with config.json and a checkpoint)")
-        with run_lock(resume):
-            cfg, folder, done = resume_config(resume, extend=given)
-            summary = _train_with_progress(cfg, _checked_dataset(cfg), resume, folder, done)
-        run_dir = resume
-    else:
-        if not config:
-            given.setdefault("data_dir", DATA_DIR)
-        cfg = build_config(config, given)
-        dataset_obj = _checked_dataset(cfg)   # fail before any results folder exists
-        with new_run(cfg) as (cfg, run_dir):
-            summary = _train_with_progress(cfg, dataset_obj, run_dir, None, 0)
+    if resume and (config or set_):
+        raise FedVLRError("--config and --set cannot be combined with --resume (the run keeps its own config.json)")
+    cfg = _resumed_config(resume, given) if resume else build_config(config, set_, given)
+    if print_config:
+        typer.echo(json.dumps(cfg.flat(), indent=2))
+        return
+    summary, run_dir = _resume(resume, given) if resume else _start(cfg)
     print_summary(summary.to_dict())
     typer.echo(f"results: {run_dir}")
 
 
-def _checked_dataset(cfg: RunConfig):
-    """The run's dataset, with the features its variant needs."""
-    from fedvlr_sim.datasets import load_dataset
-    from fedvlr_sim.engine.simulation import features_of, table_storage
+def _resumed_config(resume: Path, given: dict) -> RunConfig:
+    """The configuration a --resume of `resume` continues with (read, nothing written)."""
+    from fedvlr_sim.runner import saved_config
 
-    dataset_obj = load_dataset(cfg.launch.dataset, Path(cfg.launch.data_dir), seed=cfg.seed)
-    features_of(dataset_obj, cfg)
+    if not resume.is_dir():
+        raise FedVLRError(f"--resume {resume}: no such run folder (expected a folder with config.json and a checkpoint)")
+    return saved_config(resume, extend=given)
+
+
+def _start(cfg: RunConfig):
+    """A new run of `cfg`: (summary, run folder)."""
+    from fedvlr_sim.runner import new_run
+
+    dataset_obj = _checked_dataset(cfg)   # fail before any results folder exists
+    with new_run(cfg) as (cfg, run_dir):
+        return _train_with_progress(cfg, dataset_obj, run_dir, None, 0), run_dir
+
+
+def _resume(run_dir: Path, given: dict):
+    """The interrupted run in `run_dir`, continued from its last checkpoint: (summary, run folder)."""
+    from fedvlr_sim.runlock import run_lock
+    from fedvlr_sim.runner import resume_config
+
+    with run_lock(run_dir):
+        cfg, folder, done = resume_config(run_dir, extend=given)
+        return _train_with_progress(cfg, _checked_dataset(cfg), run_dir, folder, done), run_dir
+
+
+def _checked_dataset(cfg: RunConfig):
+    """The run's dataset, checked (see runner.load_checked); the storage of personal tables said."""
+    from fedvlr_sim.engine.simulation import table_storage
+    from fedvlr_sim.runner import load_checked
+
+    dataset_obj = load_checked(cfg)
     storage = table_storage(cfg, dataset_obj)
     if storage:
         typer.echo(storage, err=True)
@@ -197,7 +230,7 @@ def prepare(
     """Preprocess a raw dataset into the canonical form (5-core, re-index, leave-one-out)."""
     from fedvlr_sim.datasets import dataset_summary, load_dataset, prepare_dataset
 
-    folder = prepare_dataset(dataset, raw, Path(data_dir), fmt=format)
+    folder = prepare_dataset(dataset, raw, data_dir_option(data_dir), fmt=format)
     summary = dataset_summary(load_dataset(folder.name, Path(data_dir)))
     typer.echo(f"prepared {folder}: " + json.dumps(summary))
 
@@ -210,12 +243,12 @@ def features(
     model: str = typer.Option("ViT-B-32", help="open_clip model name."),
     pretrained: str = typer.Option("openai", help="open_clip pretrained tag, or a local weights file."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
-    batch_size: int = typer.Option(64),
+    batch_size: int = typer.Option(64, min=1),
 ) -> None:
     """Embed item images and titles with CLIP (resumable)."""
     from fedvlr_sim.datasets import extract_features
 
-    typer.echo(json.dumps(extract_features(dataset, Path(data_dir), model=model, pretrained=pretrained,
+    typer.echo(json.dumps(extract_features(dataset, data_dir_option(data_dir), model=model, pretrained=pretrained,
                                            device=device, batch_size=batch_size)))
 
 
@@ -229,7 +262,7 @@ def datasets_command(data_dir: str = typer.Option(DATA_DIR)) -> None:
     from fedvlr_sim.datasets import SYNTHETIC_PRESETS, list_datasets
 
     table = Table()
-    entries = list_datasets(Path(data_dir))
+    entries = list_datasets(data_dir_option(data_dir))
     keys = list(dict.fromkeys(k for e in entries for k in e))
     for key in keys:
         table.add_column(key)
@@ -255,17 +288,17 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder.")) -> None:
 def sweep(
     options: dict,
     out: Path = typer.Option(..., help="Folder for the grid's runs, sweep.json and the selected summary.json."),
-    config: Optional[Path] = typer.Option(None, help="JSON file of other run options (rounds, backend, ...)."),
+    config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Run the client learning-rate grid (and the backbone's own grid, e.g. FedRAP's lambda x mu),
     select on valid."""
-    from fedvlr_sim.datasets import load_dataset
+    from fedvlr_sim.runner import load_checked
     from fedvlr_sim.sweep import sweep as run_sweep
 
-    if not config:
-        options["data_dir"] = options["data_dir"] or DATA_DIR
-    cfg = build_config(config, options)
-    dataset_obj = load_dataset(cfg.launch.dataset, Path(cfg.launch.data_dir), seed=cfg.seed)
+    require_folder("--out", out, "for the sweep's runs")
+    cfg = build_config(config, set_, options)
+    dataset_obj = load_checked(cfg)
     metric = cfg.loop.select_metric
 
     def on_run(name: str, summary) -> None:
@@ -282,19 +315,17 @@ def sweep(
 def bench(
     options: dict,
     dataset: list[str] = typer.Option(["synthetic:ku", "synthetic:movie"], help="Datasets to time (repeatable)."),
-    rounds: int = typer.Option(2, help="Timed rounds (after one warm-up round)."),
-    sample_users: int = typer.Option(200, help="Users the sequential loop times before extrapolating."),
+    rounds: int = typer.Option(2, min=1, help="Timed rounds (after one warm-up round)."),
+    sample_users: int = typer.Option(200, min=1, help="Users the sequential loop times before extrapolating."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object per dataset."),
 ) -> None:
     """Time rounds on Ray shards against a naive sequential per-user loop of the same math."""
     from fedvlr_sim.bench import bench as run_bench
-    from fedvlr_sim.datasets import load_dataset
+    from fedvlr_sim.runner import load_checked
 
-    options["data_dir"] = options["data_dir"] or DATA_DIR
     for name in dataset:
-        cfg = build_config(None, options | {"dataset": name, "backend": "ray"})
-        row = run_bench(cfg, load_dataset(name, Path(cfg.launch.data_dir), seed=cfg.seed), rounds=rounds,
-                        sample_users=sample_users)
+        cfg = build_config(None, [], options | {"dataset": name, "backend": "ray"})
+        row = run_bench(cfg, load_checked(cfg), rounds=rounds, sample_users=sample_users)
         if json_output:
             typer.echo(json.dumps(row))
         else:
@@ -313,14 +344,17 @@ def bench(
 def experiments(
     options: dict,
     out: Path = typer.Option(Path("runs/experiments"), help="Folder of the experiments' runs (finished ones are kept)."),
-    doc: Path = typer.Option(Path("docs/results.md"), help="Markdown file the result tables are written to."),
+    doc: Path = typer.Option(Path("docs/results.md"), dir_okay=False,
+                             help="Markdown file the result tables are written to."),
 ) -> None:
     """Reproduce docs/results.md: every backbone plain, +ours and +mlp on KU and synthetic:ku,
     learning rate chosen on valid."""
     from fedvlr_sim.experiments import EXPERIMENT_DEFAULTS, reproduce_results
 
+    require_folder("--out", out, "for the experiments' runs")
     given = {k: v for k, v in options.items() if v is not None}
-    base = build_config(None, EXPERIMENT_DEFAULTS | {"data_dir": DATA_DIR} | given)
+    base = build_config(None, [], EXPERIMENT_DEFAULTS | given)
+    data_dir_option(base.launch.data_dir)
     reproduce_results(base, out, doc, report=typer.echo)
     typer.echo(f"written: {doc}")
 

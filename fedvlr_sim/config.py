@@ -6,7 +6,8 @@ step), `LoopConfig` (rounds, selection, checkpoints) and `LaunchConfig` (data an
 composed with the seed into `RunConfig`.
 
 Every field has a flat option name, unique across roles, that is at once its `fedvlr-sim run`
-option (underscores become dashes), its key in a config file and in a run's `config.json`.
+option (underscores become dashes), its key in a config file (JSON, TOML or YAML; also as
+`role.name` or in a `[role]` section) and in a run's `config.json`, and a `--set` key.
 Defaults and help texts live here only: the command line is generated from these fields.
 """
 
@@ -203,38 +204,181 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "RunConfig":
-        """Build from a mapping read from a file; unknown keys and wrong types name the source."""
-        defaults = RunConfig().flat()
-        unknown = sorted(set(values) - set(defaults))
-        if unknown:
-            raise FedVLRError(f"{source}: unknown option {unknown[0]!r} (known: {', '.join(sorted(defaults))})")
-        for name, value in values.items():
-            expected = type(defaults[name])
-            allowed = (int, float) if expected is float else expected
-            if isinstance(value, bool) and expected is not bool or not isinstance(value, allowed):
-                raise FedVLRError(f"{source}: option {name!r} must be of type {expected.__name__}, got {value!r}")
-        try:
-            return cls.create(**values)
-        except FedVLRError as err:
-            raise FedVLRError(f"{source}: {err}") from None
+        """Build from a mapping read from a file (flat names, dotted `role.name` or role
+        sections); unknown keys and wrong types name the source."""
+        return resolve([(source, values)])
 
     @classmethod
     def from_file(cls, path: Path) -> "RunConfig":
-        """Read a JSON config file (a run's own config.json works)."""
-        try:
-            values = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise FedVLRError(f"{path}: config file not found") from None
-        except json.JSONDecodeError as err:
-            raise FedVLRError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise FedVLRError(f"{path}: cannot read config file ({type(err).__name__}: expected a UTF-8 JSON file)") from None
-        if not isinstance(values, dict):
-            raise FedVLRError(f"{path}: expected a JSON object of run options")
-        return cls.from_dict(values, source=str(path))
+        """Read a config file: JSON, TOML or YAML by suffix (a run's own config.json works)."""
+        return resolve([(str(path), read_options(path))])
 
 
 ROLE_OF = {f.name: role for role, kind in ROLES.items() for f in dataclasses.fields(kind)}
+OPTION_NAMES = (*ROLE_OF, "seed")
+
+
+# --------------------------------------------------------------------------- reading options
+def resolve(layers: list[tuple[str | None, dict]]) -> RunConfig:
+    """The configuration of option layers applied in order (later ones win) over the field
+    defaults. Each layer is (source, options) with source a file name, `--set ...`, or None for
+    command-line options; an error names the first layer at which the options stop making a
+    valid configuration."""
+    checked = [(source, checked_options(values, source)) for source, values in layers]
+    merged: dict = {}
+    for depth, (source, values) in enumerate(checked):
+        merged |= values
+        try:
+            RunConfig.create(**merged)
+        except FedVLRError as err:
+            if not _valid_with(checked[depth + 1:], merged):
+                raise FedVLRError(f"{source}: {err}" if source else str(err)) from None
+    return RunConfig.create(**merged)
+
+
+def _valid_with(later: list[tuple[str | None, dict]], merged: dict) -> bool:
+    """Whether the later layers make `merged` a valid configuration (so it is not to blame)."""
+    try:
+        RunConfig.create(**(merged | {k: v for _, values in later for k, v in values.items()}))
+    except FedVLRError:
+        return False
+    return True
+
+
+def checked_options(values: dict, source: str | None) -> dict:
+    """`values` by flat option name, each of its field's type; `source` names the origin in errors."""
+    flat = flat_names(values, source)
+    defaults = RunConfig().flat()
+    for name, value in flat.items():
+        expected = type(defaults[name])
+        allowed = (int, float) if expected is float else expected
+        if isinstance(value, bool) and expected is not bool or not isinstance(value, allowed):
+            raise FedVLRError(f"{_prefix(source)}option {name!r} must be of type {expected.__name__}, got {value!r}")
+    return flat
+
+
+def flat_names(values: dict, source: str | None) -> dict:
+    """Options keyed by flat name, from flat names, dotted `role.name` or `{role: {name: ...}}`."""
+    flat: dict = {}
+    for key, value in values.items():
+        nested = key in ROLES and isinstance(value, dict)
+        for dotted, item in (((f"{key}.{k}", v) for k, v in value.items()) if nested else [(key, value)]):
+            name = flat_name(str(dotted), source)
+            if name in flat:
+                raise FedVLRError(f"{_prefix(source)}option {name!r} is given twice")
+            flat[name] = item
+    return flat
+
+
+def flat_name(key: str, source: str | None) -> str:
+    """The flat option name of `lr` or `client.lr`; an unknown one is an error naming `source`."""
+    role, _, name = key.rpartition(".")
+    if name not in OPTION_NAMES:
+        raise FedVLRError(f"{_prefix(source)}unknown option {key!r} (known: {', '.join(sorted(OPTION_NAMES))})")
+    if role and ROLE_OF.get(name) != role:
+        owner = f"belongs to {ROLE_OF[name]}" if name in ROLE_OF else "takes no role prefix"
+        raise FedVLRError(f"{_prefix(source)}unknown option {key!r} ({name!r} {owner})")
+    return name
+
+
+def parse_settings(settings: list[str]) -> list[tuple[str, dict]]:
+    """`--set key=value` assignments as option layers, one per assignment (so an error names
+    it); a value is parsed as JSON (numbers, true/false, null, quoted strings) else kept as
+    the string it is."""
+    layers = []
+    for setting in settings:
+        key, equals, text = setting.partition("=")
+        if not equals or not key.strip():
+            raise FedVLRError(f"--set {setting}: expected key=value (e.g. --set client.lr=0.05)")
+        layers.append((f"--set {setting}", {key.strip(): _json_or_text(text)}))
+    return layers
+
+
+def _json_or_text(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+CONFIG_SUFFIXES = (".json", ".toml", ".yaml", ".yml")
+
+
+def read_options(path: Path) -> dict:
+    """The options of a config file (JSON, TOML or YAML, chosen by suffix), as written in it."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in CONFIG_SUFFIXES:
+        raise FedVLRError(f"{path}: unknown config file type {suffix or '(no suffix)'!r}; expected "
+                          f"{', '.join(CONFIG_SUFFIXES)}")
+    kind = "YAML" if suffix in (".yaml", ".yml") else suffix[1:].upper()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise FedVLRError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise FedVLRError(f"{path}: cannot read config file ({type(err).__name__}: expected a UTF-8 {kind} "
+                          f"file)") from None
+    values = _PARSERS[kind](text, path)
+    if not isinstance(values, dict):
+        raise FedVLRError(f"{path}: expected a {kind} mapping of run options, got {type(values).__name__}")
+    return values
+
+
+def _parse_json(text: str, path: Path):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise FedVLRError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def _parse_toml(text: str, path: Path):
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise FedVLRError(f"{path}: not valid TOML ({' '.join(str(err).split())})") from None
+
+
+def _parse_yaml(text: str, path: Path):
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml_loader())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise FedVLRError(f"{path}: not valid YAML ({getattr(err, 'problem', None) or 'parse error'}{where})") from None
+
+
+def _yaml_loader():
+    """YAML's safe loader that also reads `1e-3` as a number (YAML 1.1 floats need a dot)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    exponent_float = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent_float, list("-+0123456789"))
+    return Loader
+
+
+_PARSERS = {"JSON": _parse_json, "TOML": _parse_toml, "YAML": _parse_yaml}
+
+
+def _prefix(source: str | None) -> str:
+    return f"{source}: " if source else ""
+
+
+def require_folder(option: str, path: Path, purpose: str) -> Path:
+    """`path`, given by `option`, unless it exists as something other than a folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FedVLRError(f"{option} {path}: is a file, expected a folder {purpose}")
+    return path
 
 
 def option_fields() -> list[tuple[str, dataclasses.Field]]:
@@ -257,7 +401,7 @@ def validate_fields(record) -> None:
             if isinstance(value, bool) or not isinstance(value, numeric):
                 kind = "a number" if f.type == "float" else "an integer"
                 raise FedVLRError(f"{name} must be {kind}, got {value!r}")
-            value = float(value) if f.type == "float" else int(value)
+            value = _plain_number(value, f.type)
             object.__setattr__(record, f.name, value)   # plain Python numbers (numpy ones too)
             if not math.isfinite(value):
                 raise FedVLRError(f"{name} must be finite, got {value}")
@@ -269,6 +413,16 @@ def validate_fields(record) -> None:
             raise FedVLRError(f"{name} must be {kind}, got {value}")
         if meta.get("minimum") is not None and not value >= meta["minimum"]:
             raise FedVLRError(f"{name} must be >= {meta['minimum']}, got {value}")
+
+
+def _plain_number(value, kind: str) -> int | float:
+    """A plain int, or a float (an integer too large for a float becomes infinite)."""
+    if kind == "int":
+        return int(value)
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def _ablation_tuple(value) -> tuple[str, ...]:

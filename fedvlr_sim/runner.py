@@ -1,6 +1,7 @@
 """Run one configuration end to end: load data, train on the chosen backend, write results.
 
-A run folder holds `config.json` (the resolved configuration), `metrics.parquet` (one row per
+A run folder holds `config.json` (the resolved configuration with `out` cleared, so that passed
+back with --config it runs the experiment again in a new folder), `metrics.parquet` (one row per
 round, written as the run goes), `summary.json` (the final table), `router_weights.npy` (for
 `ours`, per-user weights at the selected round), the checkpoint, and the PNG plots of
 `fedvlr-sim report`.
@@ -9,6 +10,7 @@ round, written as the run goes), `summary.json` (the final table), `router_weigh
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import shutil
@@ -20,29 +22,41 @@ from typing import Callable
 import numpy as np
 
 from fedvlr_sim.backends import open_backend
-from fedvlr_sim.config import RunConfig
+from fedvlr_sim.config import RunConfig, require_folder
 from fedvlr_sim.engine import checkpoint
 from fedvlr_sim.engine.callbacks import BestRound, History
 from fedvlr_sim.engine.messages import RoundRecord, RunSummary
 from fedvlr_sim.engine.simulation import METRICS_FILE, build_federation, problem_of, summarize
 from fedvlr_sim.errors import FedVLRError
+from fedvlr_sim.memory import check_memory
 from fedvlr_sim.runlock import run_lock
+
+CONFIG_FILE = "config.json"
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
+    """runs/<dataset>-<backbone>-<variant>-<time>, with a -2, -3, ... suffix if that exists."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = cfg.launch.dataset.replace(":", "-")
-    return Path("runs") / f"{name}-{cfg.model.backbone}-{cfg.model.variant}-{stamp}"
+    base = Path("runs") / f"{cfg.launch.dataset.replace(':', '-')}-{cfg.model.backbone}-{cfg.model.variant}-{stamp}"
+    candidates = (base.with_name(f"{base.name}-{n}") if n > 1 else base for n in itertools.count(1))
+    return next(path for path in candidates if not path.exists())
+
+
+def run_dir_of(cfg: RunConfig) -> Path:
+    """The folder a new run of `cfg` writes: --out, or a fresh default one."""
+    return Path(cfg.launch.out) if cfg.launch.out else default_run_dir(cfg)
 
 
 def prepare_run_dir(cfg: RunConfig) -> tuple[RunConfig, Path]:
-    """The run's folder, created fresh, and the config with `out` set to it; an existing run is
-    never overwritten."""
-    run_dir = Path(cfg.launch.out) if cfg.launch.out else default_run_dir(cfg)
+    """The run's folder, created fresh, and the config the run records in its config.json: every
+    option but `out` (cleared: the folder is where a run is, not what it is, so the file passed
+    back with --config runs the experiment again in a new folder). An existing run is never
+    overwritten."""
+    run_dir = run_dir_of(cfg)
     _refuse_taken(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = cfg.replace(out=str(run_dir))
-    write_json(run_dir / "config.json", cfg.flat())
+    cfg = cfg.replace(out="")
+    write_json(run_dir / CONFIG_FILE, cfg.flat())
     return cfg, run_dir
 
 
@@ -50,7 +64,7 @@ def prepare_run_dir(cfg: RunConfig) -> tuple[RunConfig, Path]:
 def new_run(cfg: RunConfig):
     """Yield (config, run folder) for a fresh run, the folder locked against a second run for the
     whole block. A start that fails before leaving anything to resume removes what it created."""
-    run_dir = Path(cfg.launch.out) if cfg.launch.out else default_run_dir(cfg)
+    run_dir = run_dir_of(cfg)
     _refuse_taken(run_dir)   # before the lock too, so a refused run touches nothing
     created = not run_dir.exists()
     try:
@@ -64,34 +78,87 @@ def new_run(cfg: RunConfig):
 
 def _refuse_taken(run_dir: Path) -> None:
     """Raise unless `run_dir` can take a new run (absent, or a folder without a run)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FedVLRError(f"--out {run_dir}: is a file, expected a folder for the run's results")
+    require_folder("--out", run_dir, "for the run's results")
     if (run_dir / "summary.json").exists() or checkpoint.latest(run_dir) is not None:
         raise FedVLRError(f"--out {run_dir}: already holds a run; use --resume {run_dir} to continue it or choose another --out")
+
+
+def load_checked(cfg: RunConfig):
+    """The run's dataset, once everything that can be checked before training has been: the
+    data folder, the features its variant needs, and the memory the run will take."""
+    from fedvlr_sim.datasets import load_dataset
+    from fedvlr_sim.engine.simulation import features_of
+
+    data_dir = require_folder("--data-dir", Path(cfg.launch.data_dir), "of prepared datasets")
+    dataset = load_dataset(cfg.launch.dataset, data_dir, seed=cfg.seed)
+    features_of(dataset, cfg)
+    check_memory(cfg, dataset)
+    return dataset
 
 
 EXTENDABLE = ("rounds", "patience")
 
 
-def resume_config(run_dir: Path, extend: dict | None = None) -> tuple[RunConfig, Path, int]:
-    """The configuration, newest checkpoint and rounds done of an interrupted run. `extend` may
-    raise `rounds` or `patience` (to continue a finished run); any other option is refused,
-    since changing it would make the resumed run a different experiment."""
+def saved_config(run_dir: Path, extend: dict | None = None) -> RunConfig:
+    """The configuration of the run in `run_dir` (its config.json), with `rounds` or `patience`
+    raised by `extend` (to continue a finished run); any other change is refused, since it would
+    make the resumed run a different experiment. A config.json of an older version that names
+    its `out` reads the same."""
     run_dir = Path(run_dir)
-    cfg = RunConfig.from_file(run_dir / "config.json")
-    folder = checkpoint.latest(run_dir)
-    if folder is None:
-        raise FedVLRError(f"--resume {run_dir}: no checkpoint found (was --checkpoint-every 0?)")
-    current = cfg.flat()
-    changed = {k: v for k, v in (extend or {}).items() if current[k] != v}
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FedVLRError(f"--resume {run_dir}: no {CONFIG_FILE} (expected a run folder with {CONFIG_FILE} and a "
+                          f"checkpoint)")
+    current = RunConfig.from_file(run_dir / CONFIG_FILE).replace(out="")
+    changed = {k: v for k, v in (extend or {}).items() if current.flat()[k] != v}
     refused = sorted(set(changed) - set(EXTENDABLE))
     if refused:
-        raise FedVLRError(f"--resume continues {run_dir} with its own config.json; --{refused[0].replace('_', '-')} "
+        raise FedVLRError(f"--resume continues {run_dir} with its own {CONFIG_FILE}; --{refused[0].replace('_', '-')} "
                           f"cannot change (only --rounds and --patience can)")
-    cfg = cfg.replace(**changed)
-    write_json(run_dir / "config.json", cfg.flat())
+    return current.replace(**changed)
+
+
+def resume_config(run_dir: Path, extend: dict | None = None) -> tuple[RunConfig, Path, int]:
+    """The configuration (see `saved_config`; written back when `extend` changed it), newest
+    checkpoint and rounds done of an interrupted run."""
+    run_dir = Path(run_dir)
+    cfg = saved_config(run_dir, extend)
+    folder = latest_checkpoint(run_dir)
     _, loop_state = checkpoint.read(folder)
+    if cfg != saved_config(run_dir):
+        write_json(run_dir / CONFIG_FILE, cfg.flat())
     return cfg, folder, int(loop_state["round"])
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The newest complete checkpoint of a run; if there is none, why (damage or absence)."""
+    folder = checkpoint.latest(run_dir)
+    if folder is not None:
+        return folder
+    for name in (checkpoint.CHECKPOINT, checkpoint.TMP, checkpoint.OLD):
+        if (run_dir / name).is_dir():
+            checkpoint.verify(run_dir / name)   # raises a one-line description of the damage
+    raise FedVLRError(f"--resume {run_dir}: no checkpoint found (was --checkpoint-every 0?)")
+
+
+def run(config: RunConfig | dict | str | Path) -> RunSummary:
+    """Run one configuration (a RunConfig, a dict of flat options, or a JSON, TOML or YAML
+    config file) into a new run folder (its `out`, or runs/...) and return its summary."""
+    cfg = as_config(config)
+    dataset = load_checked(cfg)
+    with new_run(cfg) as (cfg, run_dir):
+        return execute(cfg, dataset, run_dir)
+
+
+def as_config(config: RunConfig | dict | str | Path) -> RunConfig:
+    """A RunConfig from any of the forms `run` accepts."""
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, dict):
+        return RunConfig.from_dict(config, source="config")
+    if isinstance(config, (str, Path)):
+        return RunConfig.from_file(Path(config))
+    raise FedVLRError(f"config: expected a RunConfig, a dict of options or a config file path, got "
+                      f"{type(config).__name__}")
 
 
 @dataclass
@@ -102,6 +169,7 @@ class Outcome:
     summary: RunSummary
     history: list[RoundRecord]
     router_weights: list | None
+    reliance: list | None = None        # per-user reliance shares over vision, text, id
 
 
 def train(cfg: RunConfig, dataset, run_dir: Path | None = None, on_round: Callable | None = None,
@@ -114,17 +182,29 @@ def train(cfg: RunConfig, dataset, run_dir: Path | None = None, on_round: Callab
     with open_backend(cfg, dataset, problem, run_name) as backend:
         fed = build_federation(cfg, problem, backend.server, backend.pool, run_dir, on_round, backend.callbacks)
         if resume:
-            fed.restore(resume)
+            _restore(fed, resume)
         backend.run(fed, run_dir)
         summary = summarize(cfg, fed, backend.info)
-    return Outcome(summary, fed.callback(History).records, fed.callback(BestRound).router_weights)
+    best = fed.callback(BestRound)
+    return Outcome(summary, fed.callback(History).records, best.router_weights, best.reliance)
+
+
+def _restore(fed, folder: Path) -> None:
+    """Continue `fed` from a checkpoint folder; a checkpoint that does not fit the configuration
+    (config.json edited after the run started) is a one-line error, not a torch traceback."""
+    try:
+        fed.restore(folder)
+    except (RuntimeError, KeyError) as err:
+        problem = " ".join(str(err).split())[:200]
+        raise FedVLRError(f"--resume: {folder} does not fit the run's {CONFIG_FILE} ({problem}); resume with the "
+                          f"{CONFIG_FILE} the run was started with") from None
 
 
 def execute(cfg: RunConfig, dataset, run_dir: Path, on_round: Callable | None = None,
             resume: Path | None = None) -> RunSummary:
     """Train `cfg` on `dataset` and write the results folder."""
     outcome = train(cfg, dataset, run_dir, on_round, resume)
-    write_results(run_dir, outcome.summary, outcome.router_weights)
+    write_results(run_dir, outcome)
     return outcome.summary
 
 
@@ -146,12 +226,14 @@ def write_json(path: Path, value) -> None:
     tmp.replace(path)
 
 
-def write_results(run_dir: Path, summary: RunSummary, router_weights) -> None:
-    """summary.json, router_weights.npy and the report plots (metrics.parquet is written as the
-    run goes)."""
-    if router_weights is not None:
-        np.save(run_dir / "router_weights.npy", np.asarray(router_weights, dtype=np.float32))
-    write_json(run_dir / "summary.json", summary.to_dict())
+def write_results(run_dir: Path, outcome: Outcome) -> None:
+    """summary.json, the per-user router_weights.npy and modality_reliance.npy (users x vision,
+    text, id shares) where measured, and the report plots (metrics.parquet is written as the run
+    goes)."""
+    for name, values in (("router_weights", outcome.router_weights), ("modality_reliance", outcome.reliance)):
+        if values is not None:
+            np.save(run_dir / f"{name}.npy", np.asarray(values, dtype=np.float32))
+    write_json(run_dir / "summary.json", outcome.summary.to_dict())
     from fedvlr_sim.report import draw_report
 
     draw_report(run_dir)

@@ -103,3 +103,52 @@ def test_config_round_trips_through_its_own_dict(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg.flat()))
     assert RunConfig.from_file(path) == cfg
+
+
+def test_an_integer_too_large_for_a_float_option_is_refused_as_non_finite():
+    with pytest.raises(FedVLRError, match="--lr must be finite"):
+        RunConfig.create(lr=10**400)
+
+
+def test_options_may_be_named_flat_dotted_or_in_role_sections():
+    expected = RunConfig.create(lr=0.05, dim=16, rounds=3)
+    assert RunConfig.from_dict({"client.lr": 0.05, "model": {"dim": 16}, "rounds": 3}) == expected
+
+
+def test_an_error_of_a_combination_names_the_layer_that_made_it():
+    from fedvlr_sim.config import resolve
+
+    with pytest.raises(FedVLRError, match=r"^noise\.json: --dp-noise"):
+        resolve([("noise.json", {"dp_noise": 1.0}), ("--set lr=0.5", {"lr": 0.5})])
+    assert resolve([("noise.json", {"dp_noise": 1.0}), ("--set dp_clip=1", {"dp_clip": 1.0})]).client.dp_clip == 1.0
+
+
+def fake_dataset(n_users: int, n_items: int, history: int):
+    """What the memory estimate reads of a dataset: sizes, splits, features."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    user = np.repeat(np.arange(n_users), history)
+    return SimpleNamespace(n_users=n_users, n_items=n_items, user=user, split=np.zeros_like(user),
+                           vision=np.zeros((n_items, 512), np.float32), text=np.zeros((n_items, 512), np.float32))
+
+
+def test_the_memory_estimate_counts_every_user_s_personal_item_table():
+    from fedvlr_sim.memory import run_needs
+
+    cfg = RunConfig.create(backbone="fedrap", variant="ours", dim=64, table_dtype="float32")
+    local = next(need for need in run_needs(cfg, 1000, 500, 1024, 20) if need.what.startswith("local state"))
+    assert local.bytes >= 1000 * 500 * 64 * 4
+
+
+def test_a_run_larger_than_the_available_memory_is_refused_before_allocating(monkeypatch):
+    import psutil
+
+    from fedvlr_sim.memory import check_memory
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": 2 * 1024**3}))
+    dataset = fake_dataset(300, 300, 20)
+    check_memory(RunConfig.create(backend="local", dim=64), dataset)
+    with pytest.raises(FedVLRError, match=r"needs about \d+\.\d GiB .* than the 2\.0 GiB available.*--dim"):
+        check_memory(RunConfig.create(backend="local", dim=1_000_000), dataset)

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -300,7 +301,9 @@ def _rebuild(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def _read_legacy_server(path: Path) -> dict:
     """The server state of a previous-format checkpoint; pickled code is refused, never run."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():   # torch warns on stderr about some pickles before refusing them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # refusals are UnpicklingError; damage raises many other types
         raise FedVLRError(f"{path}: refused or damaged ({_load_problem(err)}); expected the server state as plain "
                           f"tensors, read only with torch.load(weights_only=True)") from None
