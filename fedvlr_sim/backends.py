@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Callable
 
 from fedvlr_sim.config import RunConfig
 from fedvlr_sim.engine.federation import Federation, Problem
@@ -27,12 +28,15 @@ class LocalBackend:
 
 
 @contextlib.contextmanager
-def open_backend(cfg: RunConfig, dataset, problem: Problem, run_name: str = "run"):
-    """Yield the backend `cfg.launch.backend` names (server, pool, callbacks, info, run)."""
+def open_backend(cfg: RunConfig, dataset, problem: Problem, run_name: str = "run",
+                 on_status: Callable[[str], None] = lambda text: None):
+    """Yield the backend `cfg.launch.backend` names (server, pool, callbacks, info, run);
+    `on_status` hears each set-up step."""
     if cfg.launch.backend == "local":
+        on_status("building the server and client shards in this process")
         yield LocalBackend(cfg, dataset, problem)
         return
     from fedvlr_sim.actors.launch import ray_backend
 
-    with ray_backend(cfg, dataset, problem, run_name) as backend:
+    with ray_backend(cfg, dataset, problem, run_name, on_status) as backend:
         yield backend

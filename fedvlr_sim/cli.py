@@ -79,7 +79,7 @@ def config_options(include: tuple[str, ...] | None = None, exclude: tuple[str, .
     every = [(f.name, f.type, f.default, f.metadata["help"]) for _, f in option_fields() if f.name != "ablation"]
     chosen = [c for c in [*every, ("seed", "int", 0, SEED_HELP)]
               if c[0] not in exclude and (include is None or c[0] in include)]
-    types = {"int": int, "float": float, "str": str}
+    types = {"int": int, "float": float, "str": str, "bool": bool}
 
     def decorate(command):
         own = [p for p in inspect.signature(command).parameters.values() if p.name != "options"]
@@ -183,8 +183,8 @@ def _train_with_progress(cfg: RunConfig, dataset_obj, run_dir: Path, resume: Opt
 
     label = f"{cfg.launch.dataset} {cfg.model.backbone}+{cfg.model.variant}"
     try:
-        with round_progress(cfg.loop.rounds, label, start_round=done) as on_round:
-            return execute(cfg, dataset_obj, run_dir, on_round, resume=resume)
+        with round_progress(cfg.loop.rounds, label, start_round=done) as (on_round, on_status):
+            return execute(cfg, dataset_obj, run_dir, on_round, resume=resume, on_status=on_status)
     except KeyboardInterrupt:
         where = checkpoint.latest(run_dir)
         typer.echo(f"interrupted: the last checkpoint is {where}; continue with: fedvlr-sim run --resume {run_dir}"
@@ -209,8 +209,14 @@ def print_summary(summary: dict) -> None:
     for name, values in rows:
         table.add_row(name, *[_percent(values.get(c)) for c in columns])
     Console().print(table)
+    shares = summary.get("cold_share") or {}
+    if shares:
+        typer.echo("held-out items never seen in train: " + ", ".join(
+            f"{split} {100 * share:.1f}%" for split, share in shares.items()))
     if summary.get("stopped"):
         typer.echo(f"stopped: {summary['stopped']}")
+    for warning in summary.get("warnings", []):
+        typer.echo(f"warning: {warning}")
     if "modality_spearman" in summary:
         typer.echo("modality_spearman: " + json.dumps({k: round(v, 3) for k, v in summary["modality_spearman"].items()}))
 
@@ -233,6 +239,30 @@ def prepare(
     folder = prepare_dataset(dataset, raw, data_dir_option(data_dir), fmt=format)
     summary = dataset_summary(load_dataset(folder.name, Path(data_dir)))
     typer.echo(f"prepared {folder}: " + json.dumps(summary))
+
+
+@app.command()
+@user_errors
+def images(
+    dataset: str = typer.Option(..., help="Amazon 2023 dataset (Beauty, Cards, or another category name)."),
+    raw: Path = typer.Option(..., help="The ratings CSV or its folder (as for `prepare`)."),
+    metadata: Optional[Path] = typer.Option(None, help="Item metadata JSON lines [default: the meta_*.jsonl beside the CSV]."),
+    workers: int = typer.Option(8, help="Parallel downloads."),
+    retries: int = typer.Option(3, help="Retries after the first try (timeouts, 5xx, 429)."),
+    timeout: float = typer.Option(20.0, help="Seconds before one download attempt gives up."),
+    backoff: float = typer.Option(1.0, help="First wait before a retry, in seconds (doubled each retry)."),
+) -> None:
+    """Download the item images named in the Amazon metadata into the raw folder (resumable); run
+    `prepare` again afterwards so the dataset records them."""
+    from rich.progress import Progress
+
+    from fedvlr_sim.datasets import download_images
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("images", total=None)
+        summary = download_images(dataset, raw, metadata, workers=workers, retries=retries, timeout_s=timeout,
+                                  backoff_s=backoff, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    typer.echo(json.dumps(summary, default=str))
 
 
 @app.command()

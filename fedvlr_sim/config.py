@@ -63,6 +63,12 @@ class ModelConfig:
     fedrap_mu: float = option(1e-3, "FedRAP mu (L1 weight on the shared item representation).", minimum=0)
     ablation: tuple[str, ...] = field(default=("keep", "keep", "keep"), metadata={
         "help": "How vision, text and id enter fusion: keep | drop | noise each (--drop / --noise)."})
+    center_features: bool = option(False, "Centre the vision and text features on their item mean before the "
+                                   "projections (real CLIP rows share one dominant direction).")
+    view_norm: str = option("none", "Normalise every fused view per item: none | rms (unit RMS, no gain).",
+                            choices=("none", "rms"))
+    modality_views: bool = option(False, "Offer the router the modality-only views x_v, x_c, x_d beside "
+                                  "Sum, MLP and Gate (+ours).")
 
     def __post_init__(self):
         validate_fields(self)
@@ -82,10 +88,10 @@ class ModelConfig:
 
     @property
     def variant_def(self):
-        """The registered `Variant` object of this configuration."""
+        """The registered `Variant` of this configuration, with its fusion-input choices."""
         from fedvlr_sim.engine.variants import VARIANTS
 
-        return VARIANTS[self.variant]
+        return VARIANTS[self.variant].configured(self.modality_views, self.view_norm, self.center_features)
 
     def ablation_of(self, modality: str) -> str:
         """keep, drop or noise for one modality."""
@@ -97,6 +103,7 @@ class ClientConfig:
     """How each sampled client trains locally and what it uploads."""
 
     lr: float = option(0.1, "Client learning rate eta_l.", positive=True)
+    weight_decay: float = option(0.0, "L2 weight decay on each client's local parameters (0 = off).", minimum=0)
     local_epochs: int = option(5, "Local epochs A.", positive=True)
     neg_ratio: int = option(4, "Negatives per positive.", positive=True)
     batch_size: int = option(2048, "Most (positive, negative) pairs per local minibatch.", positive=True)
@@ -131,6 +138,7 @@ class LoopConfig:
 
     rounds: int = option(40, "Most rounds.", positive=True)
     patience: int = option(10, "Early stopping: rounds without a better valid metric.", positive=True)
+    min_rounds: int = option(0, "Early stopping counts patience only after this many rounds.", minimum=0)
     eval_every: int = option(1, "Evaluate on valid every N rounds.", positive=True)
     sample_ratio: float = option(1.0, "Client sampling ratio rho in (0, 1].")
     select_metric: str = option("ndcg@50", "Valid metric for early stopping and selection.", choices=METRICS)
@@ -151,6 +159,10 @@ class LaunchConfig:
     data_dir: str = option("data", "Folder of prepared datasets ($FEDVLR_DATA_DIR overrides the default).")
     backend: str = option("ray", "ray | local (in process).", choices=("ray", "local"))
     shards: int = option(0, "Client shards (0 = one per CPU of the Ray cluster).", minimum=0)
+    shard_device: str = option("cpu", "Where client shards train: cpu | cuda (same answers to float "
+                               "round-off; on Ray each shard takes a share of the GPUs).", choices=("cpu", "cuda"))
+    tensorboard: bool = option(False, "Also write loss, client updates/s and valid metrics per round as "
+                               "TensorBoard scalars to <run folder>/tensorboard/ (needs the tensorboard package).")
     address: str = option("", "Ray cluster to join ('auto' inside `ray job submit`); empty starts a private one.")
     out: str = option("", "Run folder (empty: runs/<dataset>-<backbone>-<variant>-<time>).")
 
@@ -396,6 +408,8 @@ def validate_fields(record) -> None:
     for f in dataclasses.fields(record):
         value, meta = getattr(record, f.name), f.metadata
         name = f"--{dash(f.name)}"
+        if f.type == "bool" and not isinstance(value, bool):
+            raise FedVLRError(f"{name} must be true or false, got {value!r}")
         if f.type in ("int", "float"):
             numeric = numbers.Real if f.type == "float" else numbers.Integral
             if isinstance(value, bool) or not isinstance(value, numeric):

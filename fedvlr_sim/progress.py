@@ -12,13 +12,17 @@ from fedvlr_sim.engine.messages import RoundRecord
 
 @contextlib.contextmanager
 def round_progress(total_rounds: int, label: str, start_round: int = 0):
-    """Yield a callback that advances the bar by one round record."""
+    """Yield (on_round, on_status): on_round advances the bar by one round record, on_status
+    says what the run is doing before its first round (starting Ray, placing actors)."""
     console = Console(stderr=True)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as bar:
-        task = bar.add_task(label, total=total_rounds, completed=start_round, status="")
+        task = bar.add_task(label, total=total_rounds, completed=start_round, status="starting")
         best = {"hr": None}
+
+        def on_status(text: str) -> None:
+            bar.update(task, status=text)
 
         def on_round(record: RoundRecord) -> None:
             if record.valid:
@@ -30,4 +34,4 @@ def round_progress(total_rounds: int, label: str, start_round: int = 0):
             if not console.is_terminal:
                 console.print(f"round {record.round}/{total_rounds}  {status}")
 
-        yield on_round
+        yield on_round, on_status

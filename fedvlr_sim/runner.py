@@ -24,7 +24,7 @@ import numpy as np
 from fedvlr_sim.backends import open_backend
 from fedvlr_sim.config import RunConfig, require_folder
 from fedvlr_sim.engine import checkpoint
-from fedvlr_sim.engine.callbacks import BestRound, History
+from fedvlr_sim.engine.callbacks import BestRound, History, TensorBoardWriter
 from fedvlr_sim.engine.messages import RoundRecord, RunSummary
 from fedvlr_sim.engine.simulation import METRICS_FILE, build_federation, problem_of, summarize
 from fedvlr_sim.errors import FedVLRError
@@ -173,14 +173,17 @@ class Outcome:
 
 
 def train(cfg: RunConfig, dataset, run_dir: Path | None = None, on_round: Callable | None = None,
-          resume: Path | None = None) -> Outcome:
+          resume: Path | None = None, on_status: Callable[[str], None] | None = None) -> Outcome:
     """Train `cfg` on `dataset` with the configured backend (checkpoints and metrics go to
-    `run_dir` when given); continue from the checkpoint folder `resume` when given."""
+    `run_dir` when given); continue from the checkpoint folder `resume` when given. `on_status`
+    hears what the run is doing before its first round."""
     problem = problem_of(dataset)
     run_dir = Path(run_dir) if run_dir else None
     run_name = run_dir.name if run_dir else "run"
-    with open_backend(cfg, dataset, problem, run_name) as backend:
-        fed = build_federation(cfg, problem, backend.server, backend.pool, run_dir, on_round, backend.callbacks)
+    extra = [TensorBoardWriter(run_dir)] if cfg.launch.tensorboard and run_dir else []   # fails before Ray starts
+    with open_backend(cfg, dataset, problem, run_name, on_status or (lambda text: None)) as backend:
+        fed = build_federation(cfg, problem, backend.server, backend.pool, run_dir, on_round,
+                               [*backend.callbacks, *extra])
         if resume:
             _restore(fed, resume)
         backend.run(fed, run_dir)
@@ -201,9 +204,9 @@ def _restore(fed, folder: Path) -> None:
 
 
 def execute(cfg: RunConfig, dataset, run_dir: Path, on_round: Callable | None = None,
-            resume: Path | None = None) -> RunSummary:
+            resume: Path | None = None, on_status: Callable[[str], None] | None = None) -> RunSummary:
     """Train `cfg` on `dataset` and write the results folder."""
-    outcome = train(cfg, dataset, run_dir, on_round, resume)
+    outcome = train(cfg, dataset, run_dir, on_round, resume, on_status)
     write_results(run_dir, outcome)
     return outcome.summary
 

@@ -250,3 +250,17 @@ def test_datasets_in_other_formats_are_refused(raw):
 def test_options_out_of_range_are_named(raw, option, value, expected):
     with pytest.raises(FedVLRError, match=starts(expected)):
         download(raw, **{option: value})
+
+
+def test_the_images_command_downloads_and_prints_the_summary(raw, server):
+    from typer.testing import CliRunner
+
+    from fedvlr_sim.cli import app
+
+    options = ["--workers", "2", "--retries", "1", "--timeout", str(FAST["timeout_s"]),
+               "--backoff", str(FAST["backoff_s"])]
+    result = CliRunner().invoke(app, ["images", "--dataset", "Toy", "--raw", str(raw), *options])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["items"], summary["downloaded"], summary["failed"]) == (8, 3, 5)
+    assert download(raw)["skipped_existing"] == 3, "what the command downloaded is on disk"

@@ -132,3 +132,19 @@ def test_a_checkpoint_carrying_pickled_code_is_refused_without_running_it(write,
     assert not marker.exists(), "the pickle in the checkpoint was executed"
     assert_one_line_error(returncode, stderr, "server.pt")
     assert not (run_dir / "summary.json").exists()
+
+
+def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path):
+    run = start(*RUN, "--out", "interrupted", cwd=tmp_path)
+    wait_for(tmp_path / "interrupted" / "checkpoint" / "manifest.json", run)
+    run.send_signal(signal.SIGINT)
+    returncode, _, stderr = finish(run)
+    assert returncode == 130, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert "interrupted" in last and "fedvlr-sim run --resume interrupted" in last, stderr
+    assert (tmp_path / "interrupted" / "metrics.parquet").exists(), "rounds done so far are kept"
+    resumed = subprocess.run([str(FEDVLR_SIM), "run", "--resume", "interrupted"], cwd=tmp_path, env=ENV,
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stderr
+    assert summary_of(tmp_path / "interrupted")["rounds_run"] == ROUNDS

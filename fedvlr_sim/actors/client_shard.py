@@ -31,23 +31,27 @@ def as_tensors(glob) -> dict[str, torch.Tensor]:
 class ClientShard:
     """Wraps an engine `ClientPopulation`. One call per round trains all its sampled users."""
 
-    def __init__(self, cfg: RunConfig, data: list[ray.ObjectRef], n_items: int, n_users: int, run_name: str,
-                 shard: int, threads: int = 1):
-        """Owns the users whose `UserData` the driver put in the object store; `data` wraps that
-        one reference in a list, so Ray hands the reference over instead of resolving it. The
-        driver holds it for the whole run (Ray does not keep resolved constructor arguments alive
-        for restarts, ray-project/ray#47043), so a shard Ray restarts fetches the same data again
-        and no node but the driver's reads the dataset. `n_users` is the federation's total;
-        this is shard `shard` of run `run_name`."""
+    def __init__(self, cfg: RunConfig, n_items: int, n_users: int, run_name: str, shard: int, threads: int = 1):
+        """Shard `shard` of run `run_name` in a federation of `n_users` users; it gets its own
+        users' data from `receive` (also after Ray restarts it: the driver hands the data out
+        again during recovery), so no node but the driver's reads the dataset. The data is not a
+        constructor argument: Ray cannot promise to keep such object-store arguments alive for
+        restarts (ray-project/ray#53727)."""
         torch.set_num_threads(threads)
-        self.population = ClientPopulation(cfg.model, cfg.client, cfg.seed, ray.get(data[0]), n_items, n_users)
+        self.cfg, self.n_items, self.n_users = cfg, n_items, n_users
+        self.population: ClientPopulation | None = None
         self.timing = ShardTiming(run_name, shard)
 
-    def users(self) -> np.ndarray:
-        return self.population.data.users
-
-    def fingerprint(self) -> str:
+    def receive(self, data: list[ray.ObjectRef]) -> str:
+        """Build the population from the `UserData` the driver put in the object store (one
+        reference, wrapped in a list so Ray hands the reference over); return its fingerprint."""
+        cfg = self.cfg
+        self.population = ClientPopulation(cfg.model, cfg.client, cfg.seed, ray.get(data[0]), self.n_items,
+                                           self.n_users, cfg.launch.shard_device)
         return self.population.data.fingerprint()
+
+    def ping(self) -> bool:
+        return True
 
     def train(self, round_idx: int, users: np.ndarray, glob) -> Upload:
         started = time.perf_counter()

@@ -15,6 +15,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import ray
 
@@ -80,6 +81,16 @@ class Placement:
     shard_users: list
     server_device: str
     shard_data: list
+    fingerprints: list
+
+    def hand_out_data(self) -> None:
+        """Give every shard its users' data; remove the actors and raise unless each one holds
+        exactly what it was given."""
+        received = ray.get([s.receive.remote([ref]) for s, ref in zip(self.shards, self.shard_data)])
+        if received != self.fingerprints:
+            self.kill()
+            raise FedVLRError("the client shards received different user data than the driver put in the object "
+                              "store; check that every node runs the same fedvlr-sim version")
 
     def kill(self) -> None:
         for actor in [self.server, *self.shards]:
@@ -95,26 +106,25 @@ def place_actors(cfg: RunConfig, dataset, problem: Problem, run_name: str) -> Pl
         raise FedVLRError("--address: the Ray cluster has no CPU to place a client shard on")
     tag = f"{run_name}-{uuid.uuid4().hex[:6]}"
     vision, text = features_of(dataset, cfg)
-    use_gpu = resources.get("GPU", 0) >= 1
-    server = ParameterServer.options(name=f"fedvlr-parameter-server-{tag}", num_gpus=1 if use_gpu else 0).remote(
+    gpus = resources.get("GPU", 0)
+    shards_on_gpu = cfg.launch.shard_device == "cuda"
+    if shards_on_gpu and gpus < 1:
+        raise FedVLRError("--shard-device cuda: the Ray cluster has no GPU")
+    users = shard_users(problem.n_users, cfg.launch.shards or int(resources["CPU"]))
+    # the GPUs go to the shards when they train there (the server step is light), else to the server
+    server_gpus = 1 if gpus >= 1 and not shards_on_gpu else 0
+    shard_gpus = min(1.0, gpus / len(users)) if shards_on_gpu else 0
+    server = ParameterServer.options(name=f"fedvlr-parameter-server-{tag}", num_gpus=server_gpus).remote(
         cfg, dataset.n_items, vision, text)
     _, _, device = ray.get(server.shape.remote())
-    users = shard_users(problem.n_users, cfg.launch.shards or int(resources["CPU"]))
     data = [problem.data.subset(mine) for mine in users]
     refs = [ray.put(part) for part in data]
-    shards = [ClientShard.options(name=f"fedvlr-shard-{i}-{tag}", max_restarts=MAX_RECOVERIES, max_task_retries=0)
-              .remote(cfg, [ref], problem.n_items, problem.n_users, run_name, i) for i, ref in enumerate(refs)]
-    placement = Placement(server, shards, users, device, refs)
-    _check_received(placement, [part.fingerprint() for part in data])
+    shards = [ClientShard.options(name=f"fedvlr-shard-{i}-{tag}", max_restarts=MAX_RECOVERIES, max_task_retries=0,
+                                  num_gpus=shard_gpus)
+              .remote(cfg, problem.n_items, problem.n_users, run_name, i) for i in range(len(users))]
+    placement = Placement(server, shards, users, device, refs, [part.fingerprint() for part in data])
+    placement.hand_out_data()
     return placement
-
-
-def _check_received(placement: Placement, fingerprints: list[str]) -> None:
-    """Remove the actors and raise unless every shard holds exactly the data it was given."""
-    if ray.get([s.fingerprint.remote() for s in placement.shards]) != fingerprints:
-        placement.kill()
-        raise FedVLRError("the client shards received different user data than the driver put in the object store; "
-                          "check that every node runs the same fedvlr-sim version")
 
 
 class RayBackend:
@@ -141,6 +151,7 @@ class RayBackend:
                 self.info["recoveries"] += 1
                 try:
                     self.pool.wait_alive()
+                    self.placement.hand_out_data()
                     fed.restore(folder)
                 except SHARD_FAILURES as again:   # the parameter server has no replica
                     raise _lost(again) from None
@@ -154,10 +165,15 @@ def _lost(err: Exception) -> FedVLRError:
 
 
 @contextlib.contextmanager
-def ray_backend(cfg: RunConfig, dataset, problem: Problem, run_name: str = "run"):
+def ray_backend(cfg: RunConfig, dataset, problem: Problem, run_name: str = "run",
+                on_status: Callable[[str], None] = lambda text: None):
     """Join or start Ray, place the actors, yield a RayBackend; remove the actors afterwards."""
+    on_status(f"joining the Ray cluster at {cfg.launch.address}" if cfg.launch.address
+              else "starting a private Ray instance")
     with ray_session(cfg.launch.address):
+        on_status("placing the parameter server and client shards, handing each shard its users' data")
         placement = place_actors(cfg, dataset, problem, run_name)
+        on_status(f"training on {len(placement.shards)} client shards")
         try:
             yield RayBackend(placement, problem, run_name)
         finally:

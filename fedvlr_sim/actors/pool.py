@@ -61,7 +61,7 @@ class RayPool:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                gather([s.users.remote() for s in self.shards])
+                gather([s.ping.remote() for s in self.shards])
                 return
             except SHARD_FAILURES:
                 if time.monotonic() > deadline:

@@ -168,8 +168,10 @@ class ClientPopulation:
             grads = torch.autograd.grad((losses * scale).sum(), [*local.values(), *glob_in.values()], allow_unused=True)
             local_grads = dict(zip(local, grads[:len(local)]))
             with torch.no_grad():
-                for name in stepped:   # SGD on the user's own loss
+                for name in stepped:   # SGD on the user's own loss, with L2 weight decay
                     if local_grads[name] is not None:
+                        if cfg.weight_decay:
+                            local[name].mul_(1.0 - cfg.lr * cfg.weight_decay)
                         local[name].addcdiv_(local_grads[name], _expand(scale, local_grads[name]), value=-cfg.lr)
                 for name, grad in zip(glob_in, grads[len(local):]):
                     if grad is None:

@@ -48,10 +48,13 @@ def make_server(cfg: RunConfig, dataset, device: str = "cpu") -> Server:
     return Server(cfg.model, cfg.server, cfg.seed, dataset.n_items, vision, text, device=device)
 
 
-def make_population(cfg: RunConfig, problem: Problem, users: np.ndarray, device: str = "cpu") -> ClientPopulation:
-    """The client population of `users` (a contiguous slice of the federation's users) on `device`."""
+def make_population(cfg: RunConfig, problem: Problem, users: np.ndarray) -> ClientPopulation:
+    """The client population of `users` (a contiguous slice of the federation's users), on the
+    configured shard device."""
+    if cfg.launch.shard_device == "cuda" and not torch.cuda.is_available():
+        raise FedVLRError("--shard-device cuda: torch sees no CUDA device here")
     return ClientPopulation(cfg.model, cfg.client, cfg.seed, problem.data.subset(users), problem.n_items,
-                            problem.n_users, device)
+                            problem.n_users, cfg.launch.shard_device)
 
 
 def local_pool(cfg: RunConfig, problem: Problem, n_shards: int) -> LocalPool:
@@ -81,7 +84,7 @@ def build_federation(cfg: RunConfig, problem: Problem, server, pool, run_dir: Pa
                  History(Path(run_dir) / METRICS_FILE if run_dir else None)]
     if on_round is not None:
         callbacks.append(OnRound(on_round))
-    callbacks.append(EarlyStopping(cfg.loop.patience))
+    callbacks.append(EarlyStopping(cfg.loop.patience, cfg.loop.min_rounds))
     if run_dir and cfg.loop.checkpoint_every:
         callbacks.append(Checkpointing(Path(run_dir), cfg.loop.checkpoint_every))
     return Federation(cfg.loop, cfg.seed, problem, server, pool, [*callbacks, *extra_callbacks])
