@@ -21,6 +21,7 @@ from fedvlr_sim.engine import model
 from fedvlr_sim.engine.messages import Upload
 from fedvlr_sim.engine.privacy import privacy_of
 from fedvlr_sim.engine.rng import Stream, uniform
+from fedvlr_sim.engine.router import RankOneRouter
 from fedvlr_sim.engine.userdata import UserData
 from fedvlr_sim.errors import FedVLRError
 
@@ -157,9 +158,12 @@ class ClientPopulation:
         # local gradient is then divided by its alpha (per-user copies are weighted later)
         scale = torch.ones_like(alpha) if self.copies_globals else alpha
         loss_sum, loss_steps = torch.zeros(n, device=self.device), torch.zeros(n, device=self.device)
+        # with shared, fixed views a router's first layer moves in rank one (engine/router.py)
+        router = None if self.copies_globals or "router.w1" not in local else \
+            RankOneRouter(local, glob_in["views"], hist, hist_mask)
         stepped = [name for name in local if name not in backbone.frozen(cfg.global_update)]
         for pos, neg, mask in self.minibatches(round_idx, rows, hist, hist_mask):
-            weights = weights_fn(local, glob_in, hist, hist_mask)
+            weights = router.weights(local) if router else weights_fn(local, glob_in, hist, hist_mask)
             losses = loss_fn(local, glob_in, weights, pos, neg, mask)
             active = (mask.sum(dim=1) > 0).float()
             regulariser = backbone.regulariser(local, weights, glob_in["views"], round_idx)
@@ -167,6 +171,8 @@ class ClientPopulation:
                 losses = losses + active * regulariser
             grads = torch.autograd.grad((losses * scale).sum(), [*local.values(), *glob_in.values()], allow_unused=True)
             local_grads = dict(zip(local, grads[:len(local)]))
+            if router:
+                router.step(local_grads["router.b1"], scale, cfg.lr, cfg.weight_decay)
             with torch.no_grad():
                 for name in stepped:   # SGD on the user's own loss, with L2 weight decay
                     if local_grads[name] is not None:
@@ -181,6 +187,9 @@ class ClientPopulation:
                         glob_in[name].add_(grad, alpha=-cfg.lr)
             loss_sum += losses.detach() * active
             loss_steps += active
+        if router:
+            local["router.w1"], grad_views = router.finish()
+            accumulated["views"] += grad_views
         if self.copies_globals:
             accumulated = self._weighted_sum(round_idx, rows, accumulated, alpha)
         self._store_chunk(rows, local, glob_in if cfg.global_update == "local" else glob, hist, hist_mask)

@@ -49,11 +49,15 @@ def init_local(shapes: dict, seed: int, users: np.ndarray, table_dtype: torch.dt
     return state
 
 
-def mixing_weights(local: dict, views: torch.Tensor, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
-    """The private router: w_u = softmax(R_u(concat_j mean_{i in history} F_j[i])), shape (G,)."""
+def history_summary(views: torch.Tensor, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
+    """The router's input h_u = concat_j mean_{i in history} F_j[i], shape (G * w,)."""
     rows = views[:, hist] * hist_mask[None, :, None]
-    summary = rows.sum(dim=1) / hist_mask.sum().clamp_min(1.0)
-    hidden = F.relu(summary.reshape(-1) @ local["router.w1"] + local["router.b1"])
+    return (rows.sum(dim=1) / hist_mask.sum().clamp_min(1.0)).reshape(-1)
+
+
+def mixing_weights(local: dict, views: torch.Tensor, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
+    """The private router: w_u = softmax(R_u(h_u)), shape (G,)."""
+    hidden = F.relu(history_summary(views, hist, hist_mask) @ local["router.w1"] + local["router.b1"])
     return torch.softmax(hidden @ local["router.w2"] + local["router.b2"], dim=-1)
 
 
