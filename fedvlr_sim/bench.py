@@ -3,12 +3,17 @@
 Both sides run the same engine math for the same rounds. The Ray side trains every sampled user
 of a round with one call per shard (users vectorised inside each shard). The sequential side
 trains one user at a time, the way per-client simulators and the authors' code do; at scale it
-times a random sample of users and extrapolates linearly (stated in the output).
+times a random sample of users and extrapolates linearly (stated in the output). `first_users`
+cuts a dataset to its first N users, so one bench can show how the cost grows with users
+(`draw_scaling`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import ray
@@ -51,11 +56,27 @@ def time_sequential_round(cfg: RunConfig, dataset, sample_users: int) -> dict:
             "sequential_extrapolated": bool(len(timed) < problem.n_users)}
 
 
-def bench(cfg: RunConfig, dataset, rounds: int = 2, sample_users: int = 200) -> dict:
-    """One benchmark row: Ray shards vs the sequential loop, and the in-process engine."""
+def first_users(dataset, n_users: int):
+    """The dataset cut to its first `n_users` users (all their interactions; items unchanged)."""
+    if n_users >= dataset.n_users:
+        return dataset
+    keep = dataset.user < n_users
+    planted = dataset.planted_weights[:n_users] if dataset.planted_weights is not None else None
+    return dataclasses.replace(dataset, n_users=n_users, user=dataset.user[keep], item=dataset.item[keep],
+                               timestamp=dataset.timestamp[keep], split=dataset.split[keep], planted_weights=planted)
+
+
+def bench(cfg: RunConfig, dataset, rounds: int = 2, sample_users: int = 200,
+          report: Callable[[str], None] = lambda text: None) -> dict:
+    """One benchmark row: Ray shards vs the sequential loop, and the in-process engine;
+    `report` hears which side is being timed."""
     cfg = cfg.replace(sample_ratio=1.0, backend="ray")
+    label = f"{dataset.name} ({dataset.n_users} users)"
+    report(f"{label}: timing {rounds} round(s) on Ray shards after a warm-up round")
     ray_side = time_rounds(cfg, dataset, rounds)
+    report(f"{label}: timing the sequential one-user-at-a-time loop on up to {sample_users} users")
     sequential = time_sequential_round(cfg, dataset, sample_users)
+    report(f"{label}: timing the in-process engine")
     local = time_rounds(cfg.replace(backend="local", shards=1), dataset, rounds)
     return {
         "dataset": dataset.name, "backbone": cfg.model.backbone, "variant": cfg.model.variant, "users": dataset.n_users,
@@ -68,3 +89,30 @@ def bench(cfg: RunConfig, dataset, rounds: int = 2, sample_users: int = 200) -> 
         "shards": ray_side["shards"], "server_device": ray_side["server_device"],
         "local_seconds_per_round": local["seconds_per_round"],
     } | {k: v for k, v in sequential.items() if k != "sequential_seconds_per_round"}
+
+
+def draw_scaling(rows: list[dict], path: Path) -> Path:
+    """Seconds per round against users, Ray shards and the sequential loop, one line pair per
+    dataset and configuration (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    groups = {}
+    for row in rows:
+        groups.setdefault(f"{row['dataset']} {row['backbone']}+{row['variant']}", []).append(row)
+    for name, group in groups.items():
+        group = sorted(group, key=lambda r: r["users"])
+        users = [r["users"] for r in group]
+        ax.plot(users, [r["seconds_per_round"] for r in group], marker="o", label=f"{name}: Ray shards")
+        ax.plot(users, [r["sequential_seconds_per_round"] for r in group], marker="s", linestyle="--",
+                label=f"{name}: sequential loop")
+    ax.set(xscale="log", yscale="log", xlabel="users (full participation)", ylabel="seconds per round",
+           title="cost of a round against users")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -32,3 +32,15 @@ def test_bench_prints_one_json_object_per_dataset(ray_local, tmp_path):
     # 5 users were timed one at a time and the loop extrapolated to all 300
     assert row["sequential_users_timed"] == 5 and row["sequential_extrapolated"] is True
     assert row["peak_rss_gb"] < 64
+
+
+def test_bench_times_several_user_counts_and_draws_the_scaling_plot(ray_local, tmp_path):
+    plot = tmp_path / "scaling.png"
+    result = CliRunner().invoke(app, ["bench", "--dataset", "synthetic:tiny", "--users", "60", "--users", "120",
+                                      "--rounds", "1", "--sample-users", "3", "--local-epochs", "1", "--shards", "2",
+                                      "--data-dir", str(tmp_path), "--plot", str(plot), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert [row["users"] for row in rows] == [60, 120]
+    assert plot.stat().st_size > 0
+    assert "timing" in result.stderr, "progress is reported while the bench runs"
