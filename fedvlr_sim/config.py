@@ -111,6 +111,12 @@ class ClientConfig:
                                 "local copy of the globals, upload its change / lr).", choices=("accumulate", "local"))
     dp_clip: float = option(0.0, "Clip each client's upload to this L2 norm (0 = off).", minimum=0)
     dp_noise: float = option(0.0, "Gaussian noise multiplier sigma (noise std = sigma * clip).", minimum=0)
+    dp_epsilon: float = option(0.0, "Target epsilon: use the noise multiplier that spends it over --rounds (0 = no "
+                               "target; needs --dp-clip, excludes --dp-noise).", minimum=0)
+    dp_delta: float = option(0.0, "delta of the reported (epsilon, delta) (0 = 1 / number of users).", minimum=0)
+    dp_assumption: str = option("none", "Privacy accounting: none (composition over the rounds a user uploads in) | "
+                                "poisson-sampling (assumes amplification by sampling, which does not hold when the "
+                                "server sees who uploads).", choices=("none", "poisson-sampling"))
     table_dtype: str = option("auto", "Storage of personal item tables (PFedRec, FedRAP): auto | float32 | bfloat16.",
                               choices=("auto", "float32", "bfloat16"))
     chunk_elements: int = option(1 << 24, "Memory budget per user chunk, in tensor elements.", positive=True)
@@ -119,6 +125,13 @@ class ClientConfig:
         validate_fields(self)
         if self.dp_noise > 0 and self.dp_clip == 0:
             raise FedVLRError("--dp-noise needs --dp-clip > 0 (noise is scaled by the clipping norm)")
+        if self.dp_epsilon > 0 and self.dp_clip == 0:
+            raise FedVLRError("--dp-epsilon needs --dp-clip > 0 (noise is scaled by the clipping norm)")
+        if self.dp_epsilon > 0 and self.dp_noise > 0:
+            raise FedVLRError("--dp-epsilon and --dp-noise exclude each other: give the target epsilon or the noise "
+                              "multiplier")
+        if self.dp_delta >= 1:
+            raise FedVLRError(f"--dp-delta must be < 1, got {self.dp_delta}")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import numpy as np
 from fedvlr_sim.backends import open_backend
 from fedvlr_sim.config import RunConfig, require_folder
 from fedvlr_sim.engine import checkpoint
+from fedvlr_sim.engine.accounting import resolve_noise
 from fedvlr_sim.engine.callbacks import BestRound, History, TensorBoardWriter
 from fedvlr_sim.engine.messages import RoundRecord, RunSummary
 from fedvlr_sim.engine.simulation import METRICS_FILE, build_federation, problem_of, summarize
@@ -114,6 +115,9 @@ def saved_config(run_dir: Path, extend: dict | None = None) -> RunConfig:
     if refused:
         raise FedVLRError(f"--resume continues {run_dir} with its own {CONFIG_FILE}; --{refused[0].replace('_', '-')} "
                           f"cannot change (only --rounds and --patience can)")
+    if "rounds" in changed and current.client.dp_epsilon > 0:
+        raise FedVLRError(f"--rounds cannot change on --resume of a run with --dp-epsilon: its noise was solved for "
+                          f"{current.loop.rounds} rounds, and more rounds would spend more than the target epsilon")
     return current.replace(**changed)
 
 
@@ -181,7 +185,8 @@ def train(cfg: RunConfig, dataset, run_dir: Path | None = None, on_round: Callab
     run_dir = Path(run_dir) if run_dir else None
     run_name = run_dir.name if run_dir else "run"
     extra = [TensorBoardWriter(run_dir)] if cfg.launch.tensorboard and run_dir else []   # fails before Ray starts
-    with open_backend(cfg, dataset, problem, run_name, on_status or (lambda text: None)) as backend:
+    noised = resolve_noise(cfg, problem.n_users)   # a --dp-epsilon target becomes a noise multiplier
+    with open_backend(noised, dataset, problem, run_name, on_status or (lambda text: None)) as backend:
         fed = build_federation(cfg, problem, backend.server, backend.pool, run_dir, on_round,
                                [*backend.callbacks, *extra])
         if resume:

@@ -80,11 +80,12 @@ class RunSummary:
     warnings: list = field(default_factory=list)
     modality_spearman: dict | None = None
     modality_reliance: dict | None = None                 # mean per-user reliance share per modality
+    dp: dict | None = None                                # (epsilon, delta) spent, for runs with DP noise
     run_info: dict = field(default_factory=dict)   # backend facts: shards, server device, recoveries
 
     def to_dict(self) -> dict:
         """The summary.json form (optional parts left out when absent)."""
-        optional = ("modality_spearman", "modality_reliance")
+        optional = ("modality_spearman", "modality_reliance", "dp")
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("run_info", *optional)}
         out |= {k: getattr(self, k) for k in optional if getattr(self, k) is not None}
         return out | self.run_info

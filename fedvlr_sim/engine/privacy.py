@@ -3,7 +3,8 @@
 `GaussianPrivacy` clips one user's flattened upload to L2 norm S and adds N(0, (sigma S)^2) per
 coordinate before it leaves the client. The noise is drawn from the run's counter-based
 generator keyed by (seed, round, user), so a simulation is layout-independent and repeatable;
-that also means the noise is not secret to whoever knows the seed.
+that also means the noise is not secret to whoever knows the seed. What the uploads spend in
+(epsilon, delta) is accounted in engine/accounting.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from fedvlr_sim.engine.rng import Stream, normal
+from fedvlr_sim.errors import FedVLRError
 
 
 class GaussianPrivacy:
@@ -31,7 +33,11 @@ class GaussianPrivacy:
 
 
 def privacy_of(client_cfg, seed: int) -> GaussianPrivacy | None:
-    """The post-processor a client configuration asks for (None without --dp-clip)."""
+    """The post-processor a client configuration asks for (None without --dp-clip); a target
+    --dp-epsilon must have been turned into --dp-noise first (accounting.resolve_noise)."""
+    if client_cfg.dp_epsilon > 0:
+        raise FedVLRError("--dp-epsilon is solved into a noise multiplier only where a run is set up "
+                          "(fedvlr-sim run, fedvlr_sim.run); give --dp-noise here instead")
     if client_cfg.dp_clip > 0:
         return GaussianPrivacy(client_cfg.dp_clip, client_cfg.dp_noise, seed)
     return None

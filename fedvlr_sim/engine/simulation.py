@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from fedvlr_sim.config import RunConfig
+from fedvlr_sim.engine.accounting import dp_report
 from fedvlr_sim.engine.callbacks import BestRound, Checkpointing, EarlyStopping, History, OnRound
 from fedvlr_sim.engine.client import ClientPopulation, table_dtype
 from fedvlr_sim.engine.federation import Federation, LocalPool, Problem, shard_users
@@ -100,7 +101,8 @@ def local_federation(cfg: RunConfig, dataset, run_dir: Path | None = None, on_ro
 
 def summarize(cfg: RunConfig, fed: Federation, run_info: dict | None = None) -> RunSummary:
     """The run's summary: test metrics at the best-valid round beside the reference rankings,
-    the share of cold held-out items, and warnings a reader should not miss."""
+    the share of cold held-out items, the (epsilon, delta) of DP noise, and warnings a reader
+    should not miss."""
     best_round = fed.callback(BestRound)
     best = best_round.best or {"valid": {}, "test": {"all": {}, "cold": {}, "warm": {}, "n_cold": 0}}
     problem, metric = fed.problem, cfg.loop.select_metric
@@ -121,4 +123,4 @@ def summarize(cfg: RunConfig, fed: Federation, run_info: dict | None = None) -> 
         seconds=fed.seconds, config=cfg.flat(), stopped=fed.stop_reason, baselines_valid=valid_references,
         cold_share={split: float(problem.cold(split).mean()) for split in ("valid", "test")}, warnings=warnings,
         modality_spearman=best.get("modality_spearman"), modality_reliance=best.get("modality_reliance"),
-        run_info=dict(run_info or {}))
+        dp=dp_report(cfg, problem.n_users, fed.round), run_info=dict(run_info or {}))
