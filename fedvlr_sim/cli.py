@@ -1,4 +1,4 @@
-"""The `fedvlr-sim` command line: run | sweep | prepare | features | datasets | bench | report.
+"""The `fedvlr-sim` command line: run | sweep | reproduce | prepare | features | images | datasets | bench | report.
 
 The CLI only parses, configures and calls; user-facing problems (FedVLRError) end in a one-line
 message on stderr and exit code 2.
@@ -178,12 +178,14 @@ def _checked_dataset(cfg: RunConfig):
 def _train_with_progress(cfg: RunConfig, dataset_obj, run_dir: Path, resume: Optional[Path], done: int):
     """Train with a progress display; after Ctrl-C, say where the checkpoint is and how to resume."""
     from fedvlr_sim.engine import checkpoint
+    from fedvlr_sim.engine.accounting import epsilon_tracker
     from fedvlr_sim.progress import round_progress
     from fedvlr_sim.runner import execute
 
     label = f"{cfg.launch.dataset} {cfg.model.backbone}+{cfg.model.variant}"
     try:
-        with round_progress(cfg.loop.rounds, label, start_round=done) as (on_round, on_status):
+        epsilon_after = epsilon_tracker(cfg, dataset_obj.n_users)
+        with round_progress(cfg.loop.rounds, label, start_round=done, epsilon_after=epsilon_after) as (on_round, on_status):
             return execute(cfg, dataset_obj, run_dir, on_round, resume=resume, on_status=on_status)
     except KeyboardInterrupt:
         where = checkpoint.latest(run_dir)
@@ -217,6 +219,10 @@ def print_summary(summary: dict) -> None:
         typer.echo(f"stopped: {summary['stopped']}")
     for warning in summary.get("warnings", []):
         typer.echo(f"warning: {warning}")
+    if "dp" in summary:
+        typer.echo("privacy: epsilon {epsilon:.3g} at delta {delta:.3g} (noise multiplier {noise_multiplier:.3g}, "
+                   "clip {clip:g}, {uploads_composed} uploads composed, assumption {assumption}, {accountant})"
+                   .format(**summary["dp"]))
     if "modality_spearman" in summary:
         typer.echo("modality_spearman: " + json.dumps({k: round(v, 3) for k, v in summary["modality_spearman"].items()}))
 
@@ -320,23 +326,45 @@ def sweep(
     out: Path = typer.Option(..., help="Folder for the grid's runs, sweep.json and the selected summary.json."),
     config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out: finished points are kept, "
+                                "interrupted ones resumed."),
+    max_parallel: int = typer.Option(1, help="Grid points at once (above 1 they run as Ray tasks, --backend local)."),
 ) -> None:
-    """Run the client learning-rate grid (and the backbone's own grid, e.g. FedRAP's lambda x mu),
-    select on valid."""
+    """Run the client learning-rate grid {1e-3, 1e-2, 1e-1, 1} (and the backbone's own grid, e.g.
+    FedRAP's lambda x mu), select on valid."""
     from fedvlr_sim.runner import load_checked
     from fedvlr_sim.sweep import sweep as run_sweep
 
     require_folder("--out", out, "for the sweep's runs")
     cfg = build_config(config, set_, options)
-    dataset_obj = load_checked(cfg)
+    load_checked(cfg)   # fail before any run folder exists
     metric = cfg.loop.select_metric
 
-    def on_run(name: str, summary) -> None:
-        typer.echo(f"{name}: valid {metric} {summary.valid.get(metric, float('nan')):.4f}")
+    def on_run(job, outcome, kept) -> None:
+        what = "diverged" if "failed" in outcome else f"valid {metric} {outcome['valid'].get(metric, float('nan')):.4f}"
+        typer.echo(f"{job.run_dir.name}: {what}{' (finished earlier)' if kept else ''}")
 
-    selected = run_sweep(cfg, dataset_obj, out, on_run)
-    typer.echo(f"selected {selected['sweep']['selected']} on valid {metric}")
+    selected = run_sweep(cfg, out, resume, max_parallel, on_run)
+    print_grid(selected["sweep"], metric)
     print_summary(selected)
+
+
+def print_grid(sweep: dict, metric: str) -> None:
+    """Every grid point's valid and test metric, the selected one marked."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"grid selected on valid {metric}")
+    for column in ("point", f"valid {metric}", f"test {metric}", ""):
+        table.add_column(column, justify="left" if column == "point" else "right")
+    for row in sweep["grid"]:
+        name = ", ".join(f"{k}={v:g}" for k, v in row["point"].items())
+        if row["failed"]:
+            table.add_row(name, "diverged", "", "")
+        else:
+            table.add_row(name, _percent(row["valid"].get(metric)), _percent(row["test"].get(metric)),
+                          "selected" if row["point"] == sweep["selected"] else "")
+    Console().print(table)
 
 
 @app.command()
@@ -347,46 +375,74 @@ def bench(
     dataset: list[str] = typer.Option(["synthetic:ku", "synthetic:movie"], help="Datasets to time (repeatable)."),
     rounds: int = typer.Option(2, min=1, help="Timed rounds (after one warm-up round)."),
     sample_users: int = typer.Option(200, min=1, help="Users the sequential loop times before extrapolating."),
-    json_output: bool = typer.Option(False, "--json", help="Print one JSON object per dataset."),
+    users: list[int] = typer.Option([], min=1, help="Time the first N users of each dataset (repeatable; "
+                                    "default: all users)."),
+    plot: Path = typer.Option(Path("scaling.png"), dir_okay=False,
+                              help="Where to draw seconds per round against users (when several sizes are timed)."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object per dataset and size."),
 ) -> None:
     """Time rounds on Ray shards against a naive sequential per-user loop of the same math."""
     from fedvlr_sim.bench import bench as run_bench
+    from fedvlr_sim.bench import draw_scaling, first_users
     from fedvlr_sim.runner import load_checked
 
+    rows = []
     for name in dataset:
         cfg = build_config(None, [], options | {"dataset": name, "backend": "ray"})
-        row = run_bench(cfg, load_checked(cfg), rounds=rounds, sample_users=sample_users)
-        if json_output:
-            typer.echo(json.dumps(row))
-        else:
-            note = (f" (sequential: {row['sequential_users_timed']} users timed, extrapolated)"
-                    if row["sequential_extrapolated"] else "")
-            typer.echo(f"{row['dataset']} {row['backbone']}+{row['variant']}, {row['users']} users, A={row['local_epochs']}, "
-                       f"{row['shards']} shards: {row['seconds_per_round']:.3f} s/round on Ray "
-                       f"({row['updates_per_second']:.0f} client updates/s), {row['local_seconds_per_round']:.3f} s/round "
-                       f"in-process, sequential loop {row['sequential_seconds_per_round']:.2f} s/round{note}; "
-                       f"speed-up {row['speedup']:.1f}x; peak RSS {row['peak_rss_gb']:.2f} GB")
+        full = load_checked(cfg)
+        for size in users or [full.n_users]:
+            rows.append(run_bench(cfg, first_users(full, size), rounds=rounds, sample_users=sample_users,
+                                  report=lambda text: typer.echo(text, err=True)))
+            _print_bench_row(rows[-1], json_output)
+    if len({row["users"] for row in rows}) > 1:
+        typer.echo(f"scaling plot: {draw_scaling(rows, plot)}", err=True)
+
+
+def _print_bench_row(row: dict, json_output: bool) -> None:
+    """One bench row as JSON or as a sentence."""
+    if json_output:
+        typer.echo(json.dumps(row))
+        return
+    note = (f" (sequential: {row['sequential_users_timed']} users timed, extrapolated)"
+            if row["sequential_extrapolated"] else "")
+    typer.echo(f"{row['dataset']} {row['backbone']}+{row['variant']}, {row['users']} users, A={row['local_epochs']}, "
+               f"{row['shards']} shards: {row['seconds_per_round']:.3f} s/round on Ray "
+               f"({row['updates_per_second']:.0f} client updates/s), {row['local_seconds_per_round']:.3f} s/round "
+               f"in-process, sequential loop {row['sequential_seconds_per_round']:.2f} s/round{note}; "
+               f"speed-up {row['speedup']:.1f}x; peak RSS {row['peak_rss_gb']:.2f} GB")
 
 
 @app.command()
 @user_errors
-@config_options(include=("data_dir", "rounds", "seed", "server_optimizer", "server_lr", "backend"))
-def experiments(
-    options: dict,
-    out: Path = typer.Option(Path("runs/experiments"), help="Folder of the experiments' runs (finished ones are kept)."),
-    doc: Path = typer.Option(Path("docs/results.md"), dir_okay=False,
-                             help="Markdown file the result tables are written to."),
+def reproduce(
+    name: str = typer.Argument(..., help="Experiment: table5, table3, table2, table6, table4, fig6 or fig9."),
+    dataset: list[str] = typer.Option(..., help="Prepared dataset or synthetic:<preset> (repeatable)."),
+    seeds: int = typer.Option(3, help="Seeds per cell (the 95% interval is over seeds)."),
+    rounds: Optional[int] = typer.Option(None, help="Most rounds per run [default: the run default]."),
+    out: Path = typer.Option(Path("runs/reproduce"), help="Folder of NAME.parquet, NAME.md, NAME.png and the "
+                             "runs (NAME/...; finished runs are kept, interrupted ones resumed)."),
+    backbone: str = typer.Option("fcf", help="Backbone of the single-backbone experiments (table5, table6, fig9)."),
+    dp_clip: float = typer.Option(1.0, help="table4: the clipping norm of the DP cells."),
+    dp_noise: float = typer.Option(0.1, help="table4: the noise multiplier of the DP cells."),
+    address: str = typer.Option("", help="Ray cluster to run the cells on as Ray tasks (empty: this machine)."),
+    max_parallel: int = typer.Option(1, help="Runs at once (above 1 they run as Ray tasks)."),
+    data_dir: str = typer.Option(DATA_DIR, help="Where prepared datasets live."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
-    """Reproduce docs/results.md: every backbone plain, +ours and +mlp on KU and synthetic:ku,
-    learning rate chosen on valid."""
-    from fedvlr_sim.experiments import EXPERIMENT_DEFAULTS, reproduce_results
+    """Run one of the paper's experiments on any prepared datasets; write OUT/NAME.parquet,
+    OUT/NAME.md (mean +- 95% interval per cell) and OUT/NAME.png where the paper has a figure."""
+    from fedvlr_sim.reproduce import Choices, base_config, experiment_named
+    from fedvlr_sim.reproduce import reproduce as run_experiment
 
-    require_folder("--out", out, "for the experiments' runs")
-    given = {k: v for k, v in options.items() if v is not None}
-    base = build_config(None, [], EXPERIMENT_DEFAULTS | given)
-    data_dir_option(base.launch.data_dir)
-    reproduce_results(base, out, doc, report=typer.echo)
-    typer.echo(f"written: {doc}")
+    experiment_named(name)
+    require_folder("--out", out, "for the experiment's results")
+    base = base_config(set_, {"rounds": rounds, "data_dir": str(data_dir_option(data_dir))})
+    choices = Choices(backbone=base.replace(backbone=backbone).model.backbone, dp_clip=dp_clip, dp_noise=dp_noise)
+    given = [*(f"--dataset {d}" for d in dataset), f"--seeds {seeds}", *([f"--rounds {rounds}"] if rounds else []),
+             f"--backbone {choices.backbone}", *(f"--set {s}" for s in set_)]
+    command = " ".join(["fedvlr-sim reproduce", name, *given])
+    for path in run_experiment(name, dataset, seeds, out, base, choices, max_parallel, address, command, typer.echo):
+        typer.echo(f"written: {path}")
 
 
 def _version(value: bool) -> None:

@@ -1,44 +1,43 @@
-"""The hyper-parameter grid, selected on valid only (SPEC.md section 7): the client learning
-rate, and any grid the backbone declares (FedRAP: lambda x mu)."""
+"""The hyper-parameter grid of one configuration (reproduce/grid.py), selected on valid only:
+one run folder per point, run in parallel and resumable like the cells of `reproduce`."""
 
 from __future__ import annotations
 
-import itertools
-import json
 from pathlib import Path
 from typing import Callable
 
 from fedvlr_sim.config import RunConfig
-from fedvlr_sim.runner import execute, new_run, write_json
-
-LR_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
-
-
-def grid(cfg: RunConfig) -> list[dict]:
-    """Every combination of the learning rates and the backbone's own grid."""
-    axes = {"lr": LR_GRID} | cfg.model.backbone_def.hyper_grid
-    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+from fedvlr_sim.errors import FedVLRError
+from fedvlr_sim.reproduce.grid import best_on_valid, grid_points, point_name
+from fedvlr_sim.reproduce.jobs import Job, run_jobs
+from fedvlr_sim.runner import write_json
 
 
-def point_name(point: dict) -> str:
-    return "-".join(f"{k.replace('fedrap_', '')}{v:g}" for k, v in point.items())
+def sweep_jobs(cfg: RunConfig, out: Path) -> list[Job]:
+    """A run per grid point, in out/<point>/."""
+    return [Job(cfg.replace(**point), out / point_name(point)) for point in grid_points(cfg.model.backbone_def)]
 
 
-def sweep(cfg: RunConfig, dataset, out: Path, on_run: Callable = lambda name, summary: None,
-          points: list[dict] | None = None) -> dict:
-    """Run every grid point into out/<point>/, pick the best on valid, write out/sweep.json and
-    out/summary.json (the selected run's summary plus the whole grid)."""
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for point in points or grid(cfg):
-        with new_run(cfg.replace(out=str(out / point_name(point)), **point)) as (run_cfg, run_dir):
-            summary = execute(run_cfg, dataset, run_dir)
-        results.append({"point": point, "run": str(run_dir), "valid": summary.valid, "test": summary.test})
-        on_run(point_name(point), summary)
+def sweep(cfg: RunConfig, out: Path, resume: bool = False, max_parallel: int = 1,
+          on_run: Callable[[Job, dict, bool], None] = lambda job, outcome, kept: None) -> dict:
+    """Run every grid point (with `resume`, keep the finished ones and resume the others), pick
+    the best on valid; write out/sweep.json (every point) and out/summary.json (the selected
+    run's summary plus the grid); return the latter."""
+    jobs = sweep_jobs(cfg, out)
+    started = [job.run_dir for job in jobs if job.run_dir.exists()]
+    if started and not resume:
+        raise FedVLRError(f"--out {out}: already holds this sweep's runs ({started[0].name}, ...); add --resume to "
+                          "continue it or choose another --out")
+    address = cfg.launch.address if cfg.launch.backend == "local" else ""
+    outcomes = run_jobs(jobs, max_parallel, address, on_run)
     metric = cfg.loop.select_metric
-    best = max(results, key=lambda r: r["valid"].get(metric, float("-inf")))
-    selected = json.loads((Path(best["run"]) / "summary.json").read_text())
-    selected["sweep"] = {"selected_on": f"valid {metric}", "selected": best["point"], "grid": results}
-    write_json(out / "sweep.json", results)
+    grid = [{"point": point, "run": str(job.run_dir), "valid": o.get("valid"), "test": o.get("test"),
+             "failed": o.get("failed")} for point, job, o in zip(grid_points(cfg.model.backbone_def), jobs, outcomes)]
+    best = best_on_valid(outcomes, metric)
+    if best is None:
+        raise FedVLRError(f"--out {out}: every grid point diverged ({outcomes[0]['failed']})")
+    chosen = grid[next(i for i, o in enumerate(outcomes) if o is best)]
+    selected = best | {"sweep": {"selected_on": f"valid {metric}", "selected": chosen["point"], "grid": grid}}
+    write_json(out / "sweep.json", grid)
     write_json(out / "summary.json", selected)
     return selected

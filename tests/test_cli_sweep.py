@@ -1,5 +1,5 @@
-"""`fedvlr-sim sweep`: the paper's learning-rate grid, one run folder per point, and the point
-selected on the VALID metric only (never on test)."""
+"""`fedvlr-sim sweep`: the learning-rate grid {1e-3, 1e-2, 1e-1, 1}, one run folder per point,
+the point selected on the VALID metric only (never on test), and --resume keeping finished points."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import fedvlr_sim.sweep
+import fedvlr_sim.reproduce.jobs
 from fedvlr_sim.cli import app
 from fedvlr_sim.engine.messages import RunSummary
 
-LR_GRID = [1e-4, 1e-3, 1e-2, 1e-1]
+LR_GRID = [1e-3, 1e-2, 1e-1, 1.0]
 TINY_RUNS = {"rounds": 2, "local_epochs": 1, "dim": 16, "backend": "local", "checkpoint_every": 0}
 
 
@@ -56,10 +56,12 @@ def test_sweep_runs_the_grid_and_selects_the_best_valid_point(tmp_path, tiny_con
 def test_sweep_selection_ignores_test_metrics(tmp_path, tiny_config, monkeypatch):
     """With runs whose valid and test metrics disagree, the point with the best valid metric is
     selected even though another point is best on test."""
-    valid_of = {1e-4: 0.10, 1e-3: 0.40, 1e-2: 0.20, 1e-1: 0.05}
-    test_of = {1e-4: 0.90, 1e-3: 0.01, 1e-2: 0.50, 1e-1: 0.70}
+    valid_of = {1.0: 0.10, 1e-3: 0.40, 1e-2: 0.20, 1e-1: 0.05}
+    test_of = {1.0: 0.90, 1e-3: 0.01, 1e-2: 0.50, 1e-1: 0.70}
+    started = []
 
     def fake_execute(cfg, dataset, run_dir, on_round=None, resume=None):
+        started.append(cfg.client.lr)
         metrics = lambda x: {f"{m}@{k}": x for k in (10, 20, 50) for m in ("hr", "ndcg")}
         lr = cfg.client.lr
         summary = RunSummary(dataset="synthetic:tiny", backbone=cfg.model.backbone, variant=cfg.model.variant,
@@ -70,10 +72,20 @@ def test_sweep_selection_ignores_test_metrics(tmp_path, tiny_config, monkeypatch
         (run_dir / "summary.json").write_text(json.dumps(summary.to_dict()))
         return summary
 
-    monkeypatch.setattr(fedvlr_sim.sweep, "execute", fake_execute)
+    monkeypatch.setattr(fedvlr_sim.reproduce.jobs, "execute", fake_execute)
     out = tmp_path / "sweep"
     result = sweep_cli(out, tiny_config)
     assert result.exit_code == 0, result.output
     selected = json.loads((out / "summary.json").read_text())
     assert selected["sweep"]["selected"] == {"lr": 1e-3}
     assert selected["valid"]["ndcg@50"] == 0.40 and selected["test"]["ndcg@50"] == 0.01
+    assert "selected" in result.output and "{'lr'" not in result.output   # a table, not a dict
+
+    # a second sweep into the folder needs --resume, which keeps the finished points
+    (out / "lr0.01" / "summary.json").unlink()
+    result = sweep_cli(out, tiny_config)
+    assert result.exit_code == 2 and "--resume" in result.output
+    started.clear()
+    result = sweep_cli(out, tiny_config, "--resume")
+    assert result.exit_code == 0, result.output
+    assert started == [1e-2]
