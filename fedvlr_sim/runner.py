@@ -174,6 +174,7 @@ class Outcome:
     history: list[RoundRecord]
     router_weights: list | None
     reliance: list | None = None        # per-user reliance shares over vision, text, id
+    test_ranks: list | None = None      # every user's test rank at the selected round
 
 
 def train(cfg: RunConfig, dataset, run_dir: Path | None = None, on_round: Callable | None = None,
@@ -194,7 +195,7 @@ def train(cfg: RunConfig, dataset, run_dir: Path | None = None, on_round: Callab
         backend.run(fed, run_dir)
         summary = summarize(cfg, fed, backend.info)
     best = fed.callback(BestRound)
-    return Outcome(summary, fed.callback(History).records, best.router_weights, best.reliance)
+    return Outcome(summary, fed.callback(History).records, best.router_weights, best.reliance, best.test_ranks)
 
 
 def _restore(fed, folder: Path) -> None:
@@ -236,11 +237,14 @@ def write_json(path: Path, value) -> None:
 
 def write_results(run_dir: Path, outcome: Outcome) -> None:
     """summary.json, the per-user router_weights.npy and modality_reliance.npy (users x vision,
-    text, id shares) where measured, and the report plots (metrics.parquet is written as the run
-    goes)."""
-    for name, values in (("router_weights", outcome.router_weights), ("modality_reliance", outcome.reliance)):
+    text, id shares) where measured, test_ranks.npy (every user's test rank at the selected
+    round, for paired tests over users), and the report plots (metrics.parquet is written as
+    the run goes)."""
+    for name, values, dtype in (("router_weights", outcome.router_weights, np.float32),
+                                ("modality_reliance", outcome.reliance, np.float32),
+                                ("test_ranks", outcome.test_ranks, np.int32)):
         if values is not None:
-            np.save(run_dir / f"{name}.npy", np.asarray(values, dtype=np.float32))
+            np.save(run_dir / f"{name}.npy", np.asarray(values, dtype=dtype))
     write_json(run_dir / "summary.json", outcome.summary.to_dict())
     from fedvlr_sim.report import draw_report
 

@@ -50,9 +50,16 @@ def summary_of(folder) -> dict:
 
 def test_a_run_writes_the_results_folder(finished):
     out, result = finished
-    for name in ("config.json", "summary.json", "metrics.parquet", "convergence.png", "router_weights.npy"):
+    for name in ("config.json", "summary.json", "metrics.parquet", "convergence.png", "router_weights.npy",
+                 "modality_reliance.npy", "test_ranks.npy"):
         assert (out / name).is_file(), name
     assert (out / "convergence.png").read_bytes().startswith(PNG_MAGIC)
+    summary = summary_of(out)
+    ranks = np.load(out / "test_ranks.npy")
+    assert ranks.shape == (summary["n_users"],)
+    assert (ranks < 50).mean() == pytest.approx(summary["test"]["hr@50"]), "the ranks behind the test metrics"
+    shares = np.load(out / "modality_reliance.npy")
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0, atol=1e-5)
     assert f"results: {out}" in result.stdout
 
 

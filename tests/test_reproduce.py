@@ -136,3 +136,22 @@ def test_interval_and_paired_test():
     rng = np.random.default_rng(0)
     a = rng.normal(size=80)
     assert wilcoxon(a + 1.0, a) < 1e-6 and wilcoxon(a, a[::-1]) > 0.05
+
+
+def test_the_paired_test_is_over_users_from_each_runs_test_ranks(tmp_path):
+    from fedvlr_sim.reproduce.tables import _paired_p, user_metric
+
+    rng = np.random.default_rng(1)
+    better, worse = [], []
+    for seed in (0, 1):
+        ranks = rng.integers(0, 200, size=120)
+        for runs, shift in ((better, 0), (worse, 40)):
+            run_dir = tmp_path / f"shift{shift}-seed{seed}"
+            run_dir.mkdir()
+            np.save(run_dir / "test_ranks.npy", (ranks + shift).astype(np.int32))
+            runs.append({"seed": seed, "run": str(run_dir)})
+    hits = user_metric(tmp_path / "shift0-seed0", "hr@50")
+    assert hits.shape == (120,) and set(np.unique(hits)) <= {0.0, 1.0}
+    text = _paired_p(better, worse, "ndcg@50")
+    p, n = float(text.split(" ")[0]), text.split("n=")[1].rstrip(")")
+    assert p < 1e-3 and n == "120", "120 users, each better in the first cell or tied"

@@ -47,7 +47,7 @@ def equivalence(tiny):
         for device in ("cpu", CUDA):
             fed = federation(cfg, tiny, device)
             losses = [fed.run_round(t).loss for t in (1, 2, 3)]
-            valid, test = fed.evaluate(fed.server.publish())
+            valid, test, _ = fed.evaluate(fed.server.publish())
             runs[device] = (losses, valid, test["all"])
         (lc, vc, tc), (lg, vg, tg) = runs["cpu"], runs[CUDA]
         print(json.dumps({"check": "cpu_vs_gpu", "config": f"{backbone}+{variant}", "device": CUDA,
@@ -72,7 +72,7 @@ def movie_rounds(movie, backbone, chunk_elements, device):
         sync()
         times.append(time.perf_counter() - start)
     start = time.perf_counter()
-    valid, test = fed.evaluate(fed.server.publish())
+    valid, test, _ = fed.evaluate(fed.server.publish())
     sync()
     evaluation = time.perf_counter() - start
     out = {"check": "movie_round", "config": f"{backbone}+ours", "device": device, "users": movie.n_users,

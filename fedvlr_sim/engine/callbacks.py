@@ -22,7 +22,7 @@ class Callback:
 
     key = ""   # the name of its state in checkpoints ("" = no state)
 
-    def on_evaluation(self, fed, record: RoundRecord, glob: dict, test: dict) -> None:
+    def on_evaluation(self, fed, record: RoundRecord, glob: dict, test: dict, test_ranks: np.ndarray) -> None:
         pass
 
     def on_round_end(self, fed, record: RoundRecord) -> None:
@@ -45,13 +45,15 @@ class BestRound(Callback):
         self.select_metric = select_metric
         self.measure_reliance, self.keep_router_weights = measure_reliance, keep_router_weights
         self.round, self.best, self.router_weights, self.reliance = 0, None, None, None
+        self.test_ranks = None   # every user's test rank at the best round (for paired tests over users)
 
-    def on_evaluation(self, fed, record, glob, test):
+    def on_evaluation(self, fed, record, glob, test, test_ranks):
         value = record.valid[self.select_metric]
         if self.best is not None and not value > self.best["valid"][self.select_metric]:
             return
         self.round = record.round
         self.best = {"valid": record.valid, "test": test}
+        self.test_ranks = test_ranks.tolist()
         if self.keep_router_weights:
             self.router_weights = fed.pool.router_weights(glob).tolist()
         if self.measure_reliance:
@@ -63,11 +65,11 @@ class BestRound(Callback):
 
     def state_dict(self):
         return {"round": self.round, "best": self.best, "router_weights": self.router_weights,
-                "reliance": self.reliance}
+                "reliance": self.reliance, "test_ranks": self.test_ranks}
 
     def load_state_dict(self, state):
         self.round, self.best, self.router_weights = state["round"], state["best"], state["router_weights"]
-        self.reliance = state.get("reliance")
+        self.reliance, self.test_ranks = state.get("reliance"), state.get("test_ranks")
 
 
 def reliance_shares(reliance: np.ndarray) -> np.ndarray:

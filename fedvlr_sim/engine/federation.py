@@ -148,10 +148,10 @@ class Federation:
         """Ask the loop to end after the current round, saying why."""
         self.stop_reason = reason
 
-    def evaluate(self, glob: dict) -> tuple[dict, dict]:
-        """(valid metrics, test metrics split cold/warm) of the current model."""
+    def evaluate(self, glob: dict) -> tuple[dict, dict, np.ndarray]:
+        """(valid metrics, test metrics split cold/warm, every user's test rank) of the current model."""
         ranks = self.pool.ranks(glob)
-        return metrics_from_ranks(ranks[:, 0]), self.problem.split_metrics(ranks[:, 1])
+        return metrics_from_ranks(ranks[:, 0]), self.problem.split_metrics(ranks[:, 1]), ranks[:, 1]
 
     def run_round(self, round_idx: int) -> RoundRecord:
         """One round of Algorithm 1 (no evaluation)."""
@@ -175,9 +175,9 @@ class Federation:
             _check_finite(record)
             if round_idx % loop.eval_every == 0 or round_idx == loop.rounds:
                 glob = self.server.publish()
-                record.valid, test = self.evaluate(glob)
+                record.valid, test, test_ranks = self.evaluate(glob)
                 for c in self.callbacks:
-                    c.on_evaluation(self, record, glob, test)
+                    c.on_evaluation(self, record, glob, test, test_ranks)
             self.round = round_idx
             self.seconds += time.perf_counter() - started
             record.seconds = self.seconds

@@ -47,9 +47,9 @@ def result_markdown(plan: Plan, rows: list[dict], command: str, settings: dict, 
              f"Settings: `{json.dumps(settings)}`.", ""]
     if experiment.paired:
         a, b = experiment.paired
-        lines += [f"Paired test ({a} vs {b}, test {metric}): two-sided Wilcoxon signed-rank over seeds (each "
-                  f"seed's test mean of the two runs; the engine keeps no per-user test ranks); with {plan.seeds} "
-                  f"seeds no p-value can fall below {min(1.0, 2 / 2 ** plan.seeds):.3g}.", ""]
+        lines += [f"Paired test ({a} vs {b}, test {metric}): two-sided Wilcoxon signed-rank over users, each "
+                  f"user's {metric} averaged over the seeds both runs finished (from the runs' test_ranks.npy); "
+                  "n is the number of users.", ""]
     for dataset in plan.datasets:
         lines += [f"## {dataset}", "", *_dataset_table(plan, [r for r in rows if r["dataset"] == dataset], dataset),
                   "", *_references(rows, dataset), *_notes(plan, rows, dataset), ""]
@@ -95,12 +95,23 @@ def _cell_texts(plan: Plan, dataset: str, row: str, column: str, runs: list[dict
 
 
 def _paired_p(a: list[dict], b: list[dict], metric: str) -> str:
-    by_seed = {r["seed"]: r[f"test_{metric}"] for r in b}
-    pairs = [(r[f"test_{metric}"], by_seed[r["seed"]]) for r in a if r["seed"] in by_seed]
-    if not pairs:
+    """Wilcoxon over users of the per-user metric of two cells, averaged over their common seeds."""
+    runs_b = {r["seed"]: r["run"] for r in b}
+    seeds = [r for r in a if r["seed"] in runs_b]
+    if not seeds:
         return "n/a"
-    p = wilcoxon(*zip(*pairs))
-    return "n/a" if math.isnan(p) else f"{p:.3g} (n={len(pairs)})"
+    per_user_a = np.mean([user_metric(Path(r["run"]), metric) for r in seeds], axis=0)
+    per_user_b = np.mean([user_metric(Path(runs_b[r["seed"]]), metric) for r in seeds], axis=0)
+    p = wilcoxon(per_user_a, per_user_b)
+    return "n/a" if math.isnan(p) else f"{p:.3g} (n={len(per_user_a)})"
+
+
+def user_metric(run_dir: Path, metric: str) -> np.ndarray:
+    """Every user's test `metric` (hr@K or ndcg@K) of a finished run, from its test_ranks.npy."""
+    ranks = np.load(run_dir / "test_ranks.npy").astype(np.float64)
+    kind, cutoff = metric.split("@")
+    hit = ranks < int(cutoff)
+    return hit.astype(float) if kind == "hr" else hit / np.log2(ranks + 2)
 
 
 def _references(rows: list[dict], dataset: str) -> list[str]:
