@@ -18,7 +18,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from fedvlr_sim.config import (MODALITIES, SEED_HELP, RunConfig, option_fields, parse_settings, read_options,
+from fedvlr_sim.config import (MODALITIES, PRESETS, SEED_HELP, RunConfig, option_fields, parse_settings, read_options,
                                require_folder, resolve)
 from fedvlr_sim.errors import FedVLRError
 
@@ -38,10 +38,15 @@ def user_errors(command):
     return wrapper
 
 
-def build_config(config_file: Optional[Path], settings: list[str], options: dict) -> RunConfig:
-    """Field defaults < $FEDVLR_DATA_DIR < config file < --set assignments < command-line options
-    that were given; an error names the file, the --set or the option at fault."""
+def build_config(config_file: Optional[Path], settings: list[str], options: dict,
+                 preset: Optional[str] = None) -> RunConfig:
+    """Field defaults < $FEDVLR_DATA_DIR < --preset < config file < --set assignments <
+    command-line options that were given; an error names the file, the --set or the option at fault."""
     layers = [(None, {"data_dir": DATA_DIR})]
+    if preset:
+        if preset not in PRESETS:
+            raise FedVLRError(f"--preset: unknown value {preset!r} (expected one of {', '.join(PRESETS)})")
+        layers.append((f"--preset {preset}", PRESETS[preset]))
     if config_file:
         layers.append((str(config_file), read_options(config_file)))
     layers += parse_settings(settings)
@@ -51,6 +56,8 @@ def build_config(config_file: Optional[Path], settings: list[str], options: dict
 
 CONFIG_HELP = ("Config file of run options: .json, .toml, .yaml or .yml (a run's config.json works; --set and "
                "command-line options override it).")
+PRESET_HELP = ("Start from a named option set: paper (the paper's exact settings: "
+               + ", ".join(f"{k}={v}" for k, v in PRESETS["paper"].items()) + ").")
 SET_HELP = "Override one option: key=value, key flat (lr) or dotted (client.lr), value JSON or text (repeatable)."
 
 
@@ -116,6 +123,7 @@ def run(
     config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run in this folder."),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved configuration as JSON and "
                                       "exit (nothing is trained or written)."),
 ) -> None:
@@ -124,9 +132,10 @@ def run(
     ablation = ablation_of(drop, noise)
     if ablation:
         given["ablation"] = ablation
-    if resume and (config or set_):
-        raise FedVLRError("--config and --set cannot be combined with --resume (the run keeps its own config.json)")
-    cfg = _resumed_config(resume, given) if resume else build_config(config, set_, given)
+    if resume and (config or set_ or preset):
+        raise FedVLRError("--config, --set and --preset cannot be combined with --resume (the run keeps its own "
+                          "config.json)")
+    cfg = _resumed_config(resume, given) if resume else build_config(config, set_, given, preset)
     if print_config:
         typer.echo(json.dumps(cfg.flat(), indent=2))
         return
@@ -329,6 +338,7 @@ def sweep(
     resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out: finished points are kept, "
                                 "interrupted ones resumed."),
     max_parallel: int = typer.Option(1, help="Grid points at once (above 1 they run as Ray tasks, --backend local)."),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
 ) -> None:
     """Run the client learning-rate grid {1e-3, 1e-2, 1e-1, 1} (and the backbone's own grid, e.g.
     FedRAP's lambda x mu), select on valid."""
@@ -336,7 +346,7 @@ def sweep(
     from fedvlr_sim.sweep import sweep as run_sweep
 
     require_folder("--out", out, "for the sweep's runs")
-    cfg = build_config(config, set_, options)
+    cfg = build_config(config, set_, options, preset)
     load_checked(cfg)   # fail before any run folder exists
     metric = cfg.loop.select_metric
 

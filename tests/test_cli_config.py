@@ -204,3 +204,17 @@ def test_importing_the_package_imports_neither_torch_nor_ray():
     check = "import sys, fedvlr_sim; print(sorted({'torch', 'ray'} & set(sys.modules)))"
     process = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60, env=ENV)
     assert process.stdout.strip() == "[]", process.stderr
+
+
+def test_the_paper_preset_restores_the_papers_settings_under_everything_given():
+    from fedvlr_sim.config import PRESETS
+
+    paper = printed_config("--preset", "paper")
+    assert {k: paper[k] for k in PRESETS["paper"]} == PRESETS["paper"]
+    assert printed_config("--preset", "paper", "--server-lr", "0.5")["server_lr"] == 0.5
+    assert printed_config("--preset", "paper", "--set", "min_rounds=7")["min_rounds"] == 7
+
+
+def test_an_unknown_preset_is_one_line_naming_it():
+    result = cli("run", "--preset", "papr", "--print-config")
+    assert result.exit_code == 2 and "--preset" in result.stderr and "paper" in result.stderr
