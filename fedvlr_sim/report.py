@@ -10,7 +10,7 @@ import polars as pl
 
 from fedvlr_sim.errors import FedVLRError
 
-VIEW_NAMES = ("sum", "mlp", "gate")
+VIEW_NAMES = ("sum", "mlp", "gate", "vision", "text", "id")   # operator views, then modality-only views
 
 
 def draw_report(run_dir: Path) -> list[Path]:

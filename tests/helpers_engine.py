@@ -84,7 +84,7 @@ def dataset_from_lists(n_items: int, train: list[list[int]], valid: list[int], t
 
 def make_cfg(**overrides) -> RunConfig:
     """A tiny validated config: d = 8, 2 local epochs, 2 negatives, one minibatch per epoch."""
-    values = dict(dataset="tiny", backbone="fcf", variant="ours", dim=8, lr=0.5, server_lr=1.0,
+    values = dict(dataset="tiny", backbone="fcf", variant="ours", dim=8, lr=0.5, server_lr=1.0, server_optimizer="sgd",
                   local_epochs=2, neg_ratio=2, batch_size=64, rounds=2, patience=10,
                   router_hidden=8, backend="local", checkpoint_every=0, seed=0,
                   fedrap_lambda=0.3, fedrap_mu=0.2)

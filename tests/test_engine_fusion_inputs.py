@@ -101,3 +101,14 @@ def test_patience_is_counted_only_after_the_minimum_rounds(round_idx, best_round
     fed = _Fed(round_idx, best_round)
     EarlyStopping(patience=10, min_rounds=min_rounds).on_round_end(fed, None)
     assert bool(fed.stop_reason) == stops
+
+
+def test_the_report_names_all_six_views_of_a_router_with_modality_views(tmp_path):
+    from fedvlr_sim.runner import execute, new_run
+
+    dataset = make_dataset(n_users=10, n_items=25, seed=3)
+    cfg = make_cfg(rounds=1, modality_views=True).replace(out=str(tmp_path / "run"))
+    with new_run(cfg) as (cfg, run_dir):
+        execute(cfg, dataset, run_dir)
+    assert np.load(run_dir / "router_weights.npy").shape == (10, 6)
+    assert (run_dir / "router_weights.png").stat().st_size > 0

@@ -1,0 +1,416 @@
+"""Defaults study (issue 7): measure the SPEC section 10 amendments over several seeds before
+making any of them a default. Runs exactly these grids with the installed `fedvlr-sim run`
+(one run at a time, `--backend local --checkpoint-every 0`), skips every run whose folder already
+holds a summary.json, and prints (and with --table writes) Markdown tables of
+mean +- 95 % t-interval over the seeds.
+
+    Q1 server step    KU; backbones fcf, fedavg, fedncf; --variant none | ours; client --lr 0.1;
+                      --server-optimizer sgd --server-lr 1.0  vs  --server-optimizer adam --server-lr 0.01
+    Q2 min rounds     KU; fedncf + ours; --min-rounds 0 vs 20; the Q1 server step
+    Q3 fusion inputs  KU and synthetic:ku; fcf + ours; baseline vs
+                      --center-features --view-norm rms --modality-views; the Q1 server step
+
+All runs: --rounds 40 --patience 10, seeds 0 1 2 unless told otherwise.
+
+    python benchmarks/defaults_study.py --data-dir /tmp/study-data --runs-dir /tmp/study-runs \\
+        --table docs/defaults_tables.md
+
+`--server-step auto` (the default for Q2/Q3) takes the Q1 server step with the higher mean VALID
+NDCG@50 over all Q1 cells and seeds (never test). Run folders are named by configuration, so a run
+shared by two questions (e.g. Q2's --min-rounds 0 is a Q1 cell) is trained once.
+Start it under `nice -n 10` on a shared machine; the children inherit the priority.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVER_STEPS = {"sgd": ("sgd", 1.0), "adam": ("adam", 0.01)}
+SERVER_LABEL = {"sgd": "SGD 1.0", "adam": "Adam 0.01"}
+# two-sided 95 % Student t quantiles by degrees of freedom
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+FUSION_FLAGS = ["--center-features", "--view-norm", "rms", "--modality-views"]
+
+
+@dataclass(frozen=True)
+class Run:
+    dataset: str
+    backbone: str
+    variant: str
+    server: str          # key of SERVER_STEPS
+    seed: int
+    min_rounds: int = 0
+    fusion: bool = False  # the three fusion-input amendments together
+
+    @property
+    def name(self) -> str:
+        ds = self.dataset.replace(":", "_")
+        return (f"{ds}-{self.backbone}-{self.variant}-{self.server}-mr{self.min_rounds}"
+                f"-{'fusion3' if self.fusion else 'base'}-s{self.seed}")
+
+    def args(self, data_dir: str, rounds: int, patience: int, out: Path) -> list[str]:
+        opt, lr = SERVER_STEPS[self.server]
+        args = ["run", "--dataset", self.dataset, "--backbone", self.backbone, "--variant", self.variant,
+                "--lr", "0.1", "--server-optimizer", opt, "--server-lr", str(lr), "--rounds", str(rounds),
+                "--patience", str(patience), "--min-rounds", str(self.min_rounds), "--seed", str(self.seed),
+                "--backend", "local", "--checkpoint-every", "0", "--out", str(out)]
+        if not self.dataset.startswith("synthetic:"):
+            args += ["--data-dir", data_dir]
+        if self.fusion:
+            args += FUSION_FLAGS
+        return args
+
+    def expected_config(self, rounds: int, patience: int) -> dict:
+        opt, lr = SERVER_STEPS[self.server]
+        return {"dataset": self.dataset, "backbone": self.backbone, "variant": self.variant, "lr": 0.1,
+                "server_optimizer": opt, "server_lr": lr, "rounds": rounds, "patience": patience,
+                "min_rounds": self.min_rounds, "seed": self.seed, "center_features": self.fusion,
+                "view_norm": "rms" if self.fusion else "none", "modality_views": self.fusion}
+
+
+def q1_runs(seeds, backbones):
+    return [Run("KU", b, v, s, seed) for b in backbones for v in ("none", "ours") for s in ("sgd", "adam")
+            for seed in seeds]
+
+
+def q2_runs(seeds, server):
+    return [Run("KU", "fedncf", "ours", server, seed, min_rounds=m) for m in (0, 20) for seed in seeds]
+
+
+def q3_runs(seeds, server):
+    return [Run(ds, "fcf", "ours", server, seed, fusion=f) for ds in ("KU", "synthetic:ku") for f in (False, True)
+            for seed in seeds]
+
+
+# ---------------------------------------------------------------------------------------- running
+@dataclass
+class Runner:
+    exe: str
+    data_dir: str
+    runs_dir: Path
+    rounds: int
+    patience: int
+    dry_run: bool = False
+    notes: list = field(default_factory=list)
+
+    def folder(self, run: Run) -> Path:
+        return self.runs_dir / run.name
+
+    def ensure(self, runs: list[Run]) -> None:
+        todo = [r for r in runs if not (self.folder(r) / "summary.json").exists()]
+        print(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to train", flush=True)
+        for i, run in enumerate(todo, 1):
+            out = self.folder(run)
+            cmd = [self.exe, *run.args(self.data_dir, self.rounds, self.patience, out)]
+            print(f"[{i}/{len(todo)}] {run.name}", flush=True)
+            if self.dry_run:
+                print("   ", " ".join(cmd))
+                continue
+            if out.exists():  # an interrupted run of ours: train it again from scratch
+                shutil.rmtree(out)
+            log = self.runs_dir / "logs" / f"{run.name}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            t0 = time.monotonic()
+            with log.open("w") as fh:
+                rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
+            took = time.monotonic() - t0
+            if (out / "summary.json").exists():
+                msg = f"    done in {took:.0f} s"
+                if rc != 0:
+                    note = (f"{run.name}: exit {rc} after summary.json was written (see {log}); "
+                            "results used")
+                    self.notes.append(note)
+                    msg += f" (exit {rc} after summary.json: {log})"
+                print(msg, flush=True)
+            else:
+                self.notes.append(f"{run.name}: FAILED, exit {rc}, no summary.json (see {log})")
+                print(f"    FAILED (exit {rc}), see {log}", flush=True)
+
+    def load(self, run: Run) -> dict | None:
+        path = self.folder(run) / "summary.json"
+        if not path.exists():
+            return None
+        summary = json.loads(path.read_text())
+        got = summary.get("config", {})
+        for key, want in run.expected_config(self.rounds, self.patience).items():
+            if got.get(key) != want:
+                raise SystemExit(f"error: {path}: {key} is {got.get(key)!r}, this study expects {want!r} "
+                                 "(remove the folder or use another --runs-dir)")
+        return summary
+
+
+# ------------------------------------------------------------------------------------- statistics
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, T975.get(n - 1, 1.96) * sd / math.sqrt(n)
+
+
+def fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    if not values:
+        return "n/a"
+    m, h = mean_ci([v * scale for v in values])
+    if math.isnan(h):
+        return f"{m:.{digits}f} (n=1)"
+    return f"{m:.{digits}f} ± {h:.{digits}f}" + ("" if len(values) == 3 else f" (n={len(values)})")
+
+
+def cell(summaries: list[dict]) -> dict:
+    """Per-seed values of one configuration."""
+    pick = lambda f: [f(s) for s in summaries]  # noqa: E731
+    return {
+        "n": len(summaries),
+        "test_hr": pick(lambda s: s["test"]["hr@50"]),
+        "test_ndcg": pick(lambda s: s["test"]["ndcg@50"]),
+        "valid_ndcg": pick(lambda s: s["valid"]["ndcg@50"]),
+        "best": pick(lambda s: s["best_round"]),
+        "ran": pick(lambda s: s["rounds_run"]),
+        "below_pop": sum(any("below the popularity" in w for w in s.get("warnings", [])) for s in summaries),
+        "summaries": summaries,
+    }
+
+
+def rounds_text(c: dict) -> str:
+    return ", ".join(f"{b}/{r}" for b, r in zip(c["best"], c["ran"]))
+
+
+def paired(a: list[dict], b: list[dict], key) -> str:
+    """b - a per seed (same seeds, same order), mean +- t-interval, in points."""
+    diffs = [key(y) - key(x) for x, y in zip(a, b)]
+    if not diffs:
+        return "n/a"
+    m, h = mean_ci([d * 100 for d in diffs])
+    if math.isnan(h):
+        return f"{m:+.2f} (n=1)"
+    sign = " *" if abs(m) > h else ""
+    return f"{m:+.2f} ± {h:.2f}{sign}"
+
+
+def _paired_raw(a: list[dict], b: list[dict], key: str) -> str:
+    """b - a per seed of modality_spearman[key], mean +- t-interval (no scaling)."""
+    diffs = [(y.get("modality_spearman") or {}).get(key, float("nan"))
+             - (x.get("modality_spearman") or {}).get(key, float("nan")) for x, y in zip(a, b)]
+    m, h = mean_ci(diffs)
+    return f"{m:+.3f} ± {h:.3f}" + (" *" if abs(m) > h else "")
+
+
+def references(summaries: list[dict]) -> str:
+    """The reference rankings depend on the data and the seed only (cold_first breaks ties at random,
+    synthetic worlds are drawn from the seed): one value per seed."""
+    summaries = list({s["config"]["seed"]: s for s in summaries}.values())
+    parts = []
+    for name in ("popularity", "random", "cold_first"):
+        hr = [s["baselines"][name]["hr@50"] for s in summaries]
+        nd = [s["baselines"][name]["ndcg@50"] for s in summaries]
+        same = max(hr) - min(hr) < 1e-12 and max(nd) - min(nd) < 1e-12
+        if same:
+            parts.append(f"{name} {hr[0] * 100:.2f} / {nd[0] * 100:.2f}")
+        else:
+            parts.append(f"{name} {fmt(hr)} / {fmt(nd)}")
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------ tables
+def loaded(runner: Runner, runs: list[Run]) -> list[dict]:
+    return [s for s in (runner.load(r) for r in runs) if s is not None]
+
+
+def choose_server(runner: Runner, seeds, backbones) -> tuple[str, str]:
+    vals = {}
+    for server in ("sgd", "adam"):
+        v = [s["valid"]["ndcg@50"] for s in loaded(runner, [r for r in q1_runs(seeds, backbones) if r.server == server])]
+        vals[server] = (sum(v) / len(v) if v else float("nan"), len(v))
+    if any(n == 0 for _, n in vals.values()):
+        raise SystemExit("error: --server-step auto needs the Q1 runs; run Q1 first or give --server-step")
+    best = max(vals, key=lambda k: vals[k][0])
+    why = (f"chosen on mean VALID NDCG@50 over all Q1 cells and seeds: SGD 1.0 {vals['sgd'][0] * 100:.2f} "
+           f"(n={vals['sgd'][1]}), Adam 0.01 {vals['adam'][0] * 100:.2f} (n={vals['adam'][1]})")
+    return best, why
+
+
+HEAD = ("| cell | setting | test HR@50 | test NDCG@50 | valid NDCG@50 | best round / rounds run (per seed) "
+        "| below popularity on valid |\n|---|---|---|---|---|---|---|")
+
+
+def row(label: str, setting: str, c: dict) -> str:
+    return (f"| {label} | {setting} | {fmt(c['test_hr'])} | {fmt(c['test_ndcg'])} | {fmt(c['valid_ndcg'])} "
+            f"| {rounds_text(c)} | {c['below_pop']}/{c['n']} |")
+
+
+def q1_table(runner: Runner, seeds, backbones) -> str:
+    out = ["### Q1: server step (KU, client lr 0.1, 40 rounds, patience 10)", "", HEAD]
+    diffs = ["", "Paired difference Adam 0.01 - SGD 1.0 per seed (points; * = interval excludes 0):", "",
+             "| cell | Δ test HR@50 | Δ test NDCG@50 | Δ valid NDCG@50 |", "|---|---|---|---|"]
+    allsum = []
+    for b in backbones:
+        for v in ("none", "ours"):
+            per = {}
+            for server in ("sgd", "adam"):
+                sums = loaded(runner, [r for r in q1_runs(seeds, [b]) if r.variant == v and r.server == server])
+                per[server] = sums
+                allsum += sums
+                if sums:
+                    out.append(row(f"{b} + {v}", SERVER_LABEL[server], cell(sums)))
+            if per["sgd"] and len(per["sgd"]) == len(per["adam"]):
+                a, z = per["sgd"], per["adam"]
+                diffs.append(f"| {b} + {v} | {paired(a, z, lambda s: s['test']['hr@50'])} | "
+                             f"{paired(a, z, lambda s: s['test']['ndcg@50'])} | "
+                             f"{paired(a, z, lambda s: s['valid']['ndcg@50'])} |")
+    if allsum:
+        out += ["", f"References (test HR@50 / NDCG@50, KU): {references(allsum)}."]
+    return "\n".join(out + diffs)
+
+
+def q2_table(runner: Runner, seeds, server, why) -> str:
+    out = [f"### Q2: minimum rounds before patience counts (KU, fedncf + ours, {SERVER_LABEL[server]}, "
+           "40 rounds, patience 10)", "", f"Server step {why}.", "", HEAD]
+    per = {}
+    for m in (0, 20):
+        sums = loaded(runner, [r for r in q2_runs(seeds, server) if r.min_rounds == m])
+        per[m] = sums
+        if sums:
+            out.append(row("fedncf + ours", f"--min-rounds {m}", cell(sums)))
+    if per[0] and len(per[0]) == len(per[20]):
+        a, z = per[0], per[20]
+        out += ["", "Paired difference --min-rounds 20 - 0 per seed (points; * = interval excludes 0): "
+                f"test HR@50 {paired(a, z, lambda s: s['test']['hr@50'])}, "
+                f"test NDCG@50 {paired(a, z, lambda s: s['test']['ndcg@50'])}, "
+                f"valid NDCG@50 {paired(a, z, lambda s: s['valid']['ndcg@50'])}."]
+    if per[0] or per[20]:
+        out += ["", f"References (test HR@50 / NDCG@50, KU): {references(per[0] + per[20])}."]
+    return "\n".join(out)
+
+
+def q3_table(runner: Runner, seeds, server, why) -> str:
+    out = [f"### Q3: fusion inputs (fcf + ours, {SERVER_LABEL[server]}, 40 rounds, patience 10)", "",
+           f"Server step {why}. 'all three' = `{' '.join(FUSION_FLAGS)}`.", "", HEAD]
+    spear = ["", "modality_spearman on synthetic:ku (Spearman across users of measured reliance vs planted weight):",
+             "", "| setting | vision | text | id | mean |", "|---|---|---|---|---|"]
+    diffs = ["", "Paired difference all three - baseline per seed (points; * = interval excludes 0):", "",
+             "| dataset | Δ test HR@50 | Δ test NDCG@50 | Δ valid NDCG@50 |", "|---|---|---|---|"]
+    refs = []
+    for ds in ("KU", "synthetic:ku"):
+        per = {}
+        for f in (False, True):
+            sums = loaded(runner, [r for r in q3_runs(seeds, server) if r.dataset == ds and r.fusion == f])
+            per[f] = sums
+            label = "all three" if f else "baseline"
+            if sums:
+                out.append(row(f"{ds} fcf + ours", label, cell(sums)))
+                if ds.startswith("synthetic:"):
+                    sp = [s.get("modality_spearman") or {} for s in sums]
+                    spear.append(f"| {label} | " + " | ".join(
+                        fmt([x[k] for x in sp if k in x], scale=1.0, digits=3) for k in ("vision", "text", "id", "mean"))
+                        + " |")
+        if per[False] and len(per[False]) == len(per[True]):
+            a, z = per[False], per[True]
+            if ds.startswith("synthetic:"):
+                spear.append("| Δ all three - baseline (paired, * = interval excludes 0) | "
+                             + " | ".join(_paired_raw(a, z, k) for k in ("vision", "text", "id", "mean")) + " |")
+            diffs.append(f"| {ds} | {paired(a, z, lambda s: s['test']['hr@50'])} | "
+                         f"{paired(a, z, lambda s: s['test']['ndcg@50'])} | "
+                         f"{paired(a, z, lambda s: s['valid']['ndcg@50'])} |")
+        if per[False] or per[True]:
+            refs.append(f"{ds}: {references(per[False] + per[True])}")
+    out += ["", "References (test HR@50 / NDCG@50): " + ". ".join(refs) + "."] if refs else []
+    return "\n".join(out + diffs + spear)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "fedvlr_sim"], capture_output=True, text=True,
+                               cwd=Path(__file__).resolve().parent).stdout.strip()
+    except OSError:
+        commit, dirty = "?", ""
+    return (f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
+            f"commit {commit}{' + uncommitted changes in fedvlr_sim/' if dirty else ''}, "
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--questions", nargs="+", default=["q1", "q2", "q3"], choices=["q1", "q2", "q3"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--backbones", nargs="+", default=["fcf", "fedavg", "fedncf"], help="Q1 backbones")
+    p.add_argument("--server-step", default="auto", choices=["auto", "sgd", "adam"],
+                   help="server step for Q2/Q3 (auto: the Q1 winner on valid NDCG@50)")
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--data-dir", default="data", help="prepared datasets (KU must be prepared there)")
+    p.add_argument("--runs-dir", default="runs/defaults-study", type=Path)
+    p.add_argument("--table", type=Path, help="also write the Markdown tables to this file")
+    p.add_argument("--report-only", action="store_true", help="train nothing; tabulate the finished runs")
+    p.add_argument("--dry-run", action="store_true", help="print the commands of the missing runs")
+    args = p.parse_args(argv)
+
+    exe = Path(sys.executable).with_name("fedvlr-sim")
+    exe = str(exe) if exe.exists() else shutil.which("fedvlr-sim")
+    if not exe:
+        raise SystemExit("error: fedvlr-sim not found beside this Python or on PATH")
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    runner = Runner(exe, args.data_dir, args.runs_dir, args.rounds, args.patience, dry_run=args.dry_run)
+    train = not args.report_only
+    qs = set(args.questions)
+
+    sections = []
+    if "q1" in qs:
+        if train:
+            runner.ensure(q1_runs(args.seeds, args.backbones))
+        sections.append(q1_table(runner, args.seeds, args.backbones))
+    if qs & {"q2", "q3"}:
+        if args.server_step == "auto":
+            if args.dry_run and not loaded(runner, q1_runs(args.seeds, args.backbones)):
+                server, why = "adam", "(dry run: Q1 not trained, adam shown)"
+            else:
+                server, why = choose_server(runner, args.seeds, args.backbones)
+        else:
+            server, why = args.server_step, "given by --server-step"
+        print(f"server step for Q2/Q3: {SERVER_LABEL[server]} ({why})", flush=True)
+        if "q2" in qs:
+            if train:
+                runner.ensure(q2_runs(args.seeds, server))
+            sections.append(q2_table(runner, args.seeds, server, why))
+        if "q3" in qs:
+            if train:
+                runner.ensure(q3_runs(args.seeds, server))
+            sections.append(q3_table(runner, args.seeds, server, why))
+    if args.dry_run:
+        return 0
+    header = [f"Seeds {' '.join(map(str, args.seeds))}; values are mean ± 95 % t-interval over the seeds "
+              f"(t = {T975.get(len(args.seeds) - 1, 1.96)}), percent. Machine: {machine()}.",
+              f"Runs in `{args.runs_dir}`."]
+    if runner.notes:
+        header += ["", "Notes:"] + [f"- {n}" for n in runner.notes]
+    text = "\n".join(header) + "\n\n" + "\n\n".join(sections) + "\n"
+    print(text)
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
