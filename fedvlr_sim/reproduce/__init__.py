@@ -17,8 +17,8 @@ from fedvlr_sim.errors import FedVLRError
 from fedvlr_sim.reproduce.catalogue import EXPERIMENTS
 from fedvlr_sim.reproduce.experiment import Choices
 
-# SPEC.md section 10: server Adam (lr 0.01); cells train in process (see jobs.py)
-DEFAULTS = {"backend": "local", "server_optimizer": "adam", "server_lr": 0.01}
+# cells train in process (see jobs.py); every other option has the run defaults (docs/defaults.md)
+DEFAULTS = {"backend": "local"}
 SETTINGS_SHOWN = ("dim", "lr", "server_lr", "server_optimizer", "local_epochs", "neg_ratio", "batch_size", "rounds",
                   "patience", "min_rounds", "sample_ratio", "select_metric")
 
