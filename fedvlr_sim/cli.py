@@ -216,7 +216,7 @@ def print_summary(summary: dict) -> None:
         table.add_column(c.upper(), justify="right")
     rows = [("model", summary["test"]), (f"model, cold test items ({summary['n_cold_test_users']} users)", summary["test_cold"]),
             ("model, warm test items", summary["test_warm"])]
-    rows += [(f"reference: {name}", values) for name, values in summary["baselines"].items()]
+    rows += [(f"reference: {_reference_label(name, summary)}", values) for name, values in summary["baselines"].items()]
     for name, values in rows:
         table.add_row(name, *[_percent(values.get(c)) for c in columns])
     Console().print(table)
@@ -234,6 +234,12 @@ def print_summary(summary: dict) -> None:
                    .format(**summary["dp"]))
     if "modality_spearman" in summary:
         typer.echo("modality_spearman: " + json.dumps({k: round(v, 3) for k, v in summary["modality_spearman"].items()}))
+
+
+def _reference_label(name: str, summary: dict) -> str:
+    if name == "cold_prior":
+        return f"cold prior (this model, beta {summary.get('cold_prior_beta', float('nan')):g})"
+    return name
 
 
 def _percent(value) -> str:
@@ -438,6 +444,8 @@ def reproduce(
     max_parallel: int = typer.Option(1, help="Runs at once (above 1 they run as Ray tasks)."),
     data_dir: str = typer.Option(DATA_DIR, help="Where prepared datasets live."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    report_only: bool = typer.Option(False, "--report-only", help="Train nothing: write NAME.parquet and NAME.md "
+                                     "from the runs finished so far (unfinished cells show missing)."),
 ) -> None:
     """Run one of the paper's experiments on any prepared datasets; write OUT/NAME.parquet,
     OUT/NAME.md (mean +- 95% interval per cell) and OUT/NAME.png where the paper has a figure."""
@@ -451,7 +459,8 @@ def reproduce(
     given = [*(f"--dataset {d}" for d in dataset), f"--seeds {seeds}", *([f"--rounds {rounds}"] if rounds else []),
              f"--backbone {choices.backbone}", *(f"--set {s}" for s in set_)]
     command = " ".join(["fedvlr-sim reproduce", name, *given])
-    for path in run_experiment(name, dataset, seeds, out, base, choices, max_parallel, address, command, typer.echo):
+    for path in run_experiment(name, dataset, seeds, out, base, choices, max_parallel, address, command, typer.echo,
+                               train=not report_only):
         typer.echo(f"written: {path}")
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from fedvlr_sim.engine.callbacks import History, reliance_shares
-from fedvlr_sim.engine.simulation import local_federation
+from fedvlr_sim.engine.metrics import COLD_PRIOR_BETAS, metrics_from_ranks, with_cold_prior
+from fedvlr_sim.engine.simulation import local_federation, summarize
 from fedvlr_sim.errors import FedVLRError
 from helpers_engine import make_cfg, make_dataset, run_federation
 
@@ -82,3 +84,33 @@ def test_fusion_runs_report_mean_reliance_shares(dataset):
     assert set(shares) == {"vision", "text", "id"}
     assert sum(shares.values()) == pytest.approx(1.0)
     assert set(summary["modality_spearman"]) == {"vision", "text", "id", "mean"}
+
+
+def test_cold_prior_adds_beta_to_standardised_scores_of_never_trained_items():
+    scores = torch.tensor([[3.0, 1.0, 2.0, 0.0], [0.0, 0.0, 4.0, 8.0]])
+    never_trained = torch.tensor([False, True, False, True])
+    scored = with_cold_prior(scores, never_trained)
+    assert scored.shape == (2, 1 + len(COLD_PRIOR_BETAS), 4)
+    assert torch.equal(scored[:, 0], scores)
+    standard = (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True)
+    for b, beta in enumerate(COLD_PRIOR_BETAS):
+        torch.testing.assert_close(scored[:, 1 + b], standard + beta * never_trained.float())
+
+
+def test_cold_prior_reference_is_this_model_with_the_beta_best_on_valid(dataset):
+    cfg = make_cfg(rounds=2, variant="none")
+    fed = local_federation(cfg, dataset)
+    fed.run()
+    ranks = fed.pool.ranks(fed.server.publish())
+    _, test, _ = fed.evaluate(fed.server.publish())
+    valid_per_beta = [metrics_from_ranks(ranks[:, 0, 1 + b])["ndcg@50"] for b in range(len(COLD_PRIOR_BETAS))]
+    chosen = int(np.argmax(valid_per_beta))
+    assert test["cold_prior"]["beta"] == COLD_PRIOR_BETAS[chosen]
+    assert test["cold_prior"]["test"]["all"] == metrics_from_ranks(ranks[:, 1, 1 + chosen])
+    summary = summarize(cfg, fed).to_dict()
+    assert summary["cold_prior_beta"] in COLD_PRIOR_BETAS
+    assert "cold_prior" in summary["baselines"] and "cold_prior" in summary["baselines_valid"]
+    # a large prior puts every never-trained item first: cold test targets then rank below their count
+    n_never = int(fed.problem.data.never_trained.sum())
+    cold = fed.problem.cold("test")
+    assert cold.any() and (ranks[cold, 1, -1] < n_never).all()

@@ -219,4 +219,4 @@ def test_federation_reports_reference_rankings_with_cold_and_warm_split():
     assert summary["baselines"]["random"] == baselines["random"]["all"]
     assert summary["n_cold_test_users"] == int(cold_users.sum())
     assert summary["cold_share"]["test"] == pytest.approx(cold_users.mean())
-    assert set(summary["baselines_valid"]) == {"popularity", "cold_first", "random"}
+    assert set(summary["baselines_valid"]) == {"popularity", "cold_first", "random", "cold_prior"}

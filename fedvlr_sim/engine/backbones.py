@@ -30,6 +30,7 @@ class Backbone:
     name = ""
     weight_by_interactions = False    # alpha_u: the user's train interactions, else 1
     has_item_table = False            # keeps an |I| x w personal item table per user
+    sparse_table: str | None = None   # the local table a round steps at the batch's rows only
     hyper_grid: dict[str, tuple[float, ...]] = {}   # backbone hyper-parameters a sweep tunes
 
     def __init__(self, model_cfg):
@@ -79,6 +80,10 @@ class Backbone:
 
     def regulariser(self, local: dict, weights: torch.Tensor, views: torch.Tensor, round_idx: int) -> torch.Tensor | None:
         """A per-user term (n,) added to each minibatch loss, or None."""
+        return None
+
+    def table_penalty(self, views: torch.Tensor, round_idx: int) -> "TablePenalty | None":
+        """`regulariser` for a round of `SparseTable`s over the fixed views (G, I, w), or None."""
         return None
 
     def end_round(self, local: dict, shared_reps) -> dict:
@@ -158,12 +163,13 @@ class PFedRec(HeadBackbone):
 
     name = "pfedrec"
     has_item_table = True
+    sparse_table = "table_offset"
 
     def local_shapes(self, width, n_items):
         return super().local_shapes(width, n_items) | {"table": (n_items, width)}
 
     def train_rep(self, local, shared, items):
-        return shared + local["table_offset"][items]
+        return shared + table_rows(local, "table_offset", items)
 
     def eval_reps(self, local, shared, trained):
         return torch.where(trained, local["table"], shared)
@@ -188,21 +194,106 @@ class FedRAP(HeadBackbone):
 
     name = "fedrap"
     has_item_table = True
+    sparse_table = "table"
     hyper_grid = {"fedrap_lambda": (1e-4, 1e-3, 1e-2, 1e-1), "fedrap_mu": (1e-4, 1e-3, 1e-2, 1e-1)}
 
     def local_shapes(self, width, n_items):
         return super().local_shapes(width, n_items) | {"table": (n_items, width)}
 
     def train_rep(self, local, shared, items):
-        return shared + local["table"][items]
+        return shared + table_rows(local, "table", items)
 
     def eval_reps(self, local, shared, trained):
         return local["table"] + shared
 
-    def regulariser(self, local, weights, views, round_idx):
+    def _weights(self, round_idx: int) -> tuple[float, float]:
         curriculum = float(np.tanh(round_idx / 10.0))
-        return _RapRegulariser.apply(local["table"], weights, views, self.cfg.fedrap_lambda * curriculum,
-                                     self.cfg.fedrap_mu * curriculum)
+        return self.cfg.fedrap_lambda * curriculum, self.cfg.fedrap_mu * curriculum
+
+    def regulariser(self, local, weights, views, round_idx):
+        return _RapRegulariser.apply(local["table"], weights, views, *self._weights(round_idx))
+
+    def table_penalty(self, views, round_idx):
+        rap_lambda, rap_mu = self._weights(round_idx)
+        return _RapPenalty(views, rap_lambda, rap_mu) if rap_lambda or rap_mu else None
+
+
+class TablePenalty:
+    """A per-user term of a round's minibatch losses on `SparseTable`s (engine/table.py): called with the table,
+    the mixing weights (n, G) and each user's weight in the summed loss, it returns (the term
+    (n,), which differentiates to the weights; the rate r with gradient -r (T - C) in the table,
+    C being the weights' mixture of the views) and adds its views' gradient to the table."""
+
+    def __call__(self, table, weights: torch.Tensor, loss_weight: torch.Tensor) -> tuple[torch.Tensor, float]:
+        raise NotImplementedError
+
+
+class _RapPenalty(TablePenalty):
+    """FedRAP's regulariser from a few inner products: with T = s X + sum_j c_j F_j and
+    e = c - w, ||T - C||^2 = s^2 ||X||^2 + 2 s e.<X, F> + e' Gram e and
+    <T - C, F_j> = s <X, F_j> + (Gram e)_j; the L1 term is `MixtureL1`."""
+
+    def __init__(self, views: torch.Tensor, rap_lambda: float, rap_mu: float):
+        self.views, self.rap_lambda, self.rap_mu = views.detach(), rap_lambda, rap_mu
+        self.size = views[0].numel()
+        self.gram = torch.einsum("giw,hiw->gh", self.views, self.views)
+        self.l1 = MixtureL1(self.views.reshape(len(views), -1))
+
+    def __call__(self, table, weights, loss_weight):
+        lam, size = self.rap_lambda, self.size
+        w = weights.detach()
+        excess, scale = table.coef - w, table.scale
+        squares, with_views = table.inner
+        diff_sq = scale**2 * squares + 2 * scale * (excess * with_views).sum(1) + ((excess @ self.gram) * excess).sum(1)
+        diff_views = scale[:, None] * with_views + excess @ self.gram
+        l1, l1_grad, l1_views_grad = self.l1(w, loss_weight * self.rap_mu / size)
+        pull = loss_weight[:, None] * w * (2 * lam / size)        # views' gradient: pull_uj (T_u - C_u) + L1's
+        own_mix = torch.einsum("jh,hiw->jiw", pull.T @ w, self.views)
+        table.add_view_grad(pull, l1_views_grad.reshape(self.views.shape) - own_mix)
+        value = (-lam * diff_sq + self.rap_mu * l1) / size
+        grad_w = (2 * lam * diff_views + self.rap_mu * l1_grad) / size
+        return value + ((weights - w) * grad_w).sum(1), 2 * lam / size
+
+
+def table_rows(local: dict, name: str, items: torch.Tensor) -> torch.Tensor:
+    """Rows `items` of the personal table `name`: gathered by the client for the batch
+    (`name.rows`, aligned with the batch's items) when the table is a `SparseTable`."""
+    return local[f"{name}.rows"] if f"{name}.rows" in local else local[name][items]
+
+
+class MixtureL1:
+    """||C_u||_1 of every user's mixture C_u = sum_j w_uj F_j of fixed views F (G, E).
+
+    Weights are nonnegative and sum to one, so an entry whose views all share one sign has that
+    sign in every mixture: those entries are summed once for all users. The others are
+    evaluated per user, in cache-sized blocks."""
+
+    def __init__(self, views: torch.Tensor, block: int = 1 << 18):
+        signs = torch.sign(views)
+        self.fixed_sign = signs[0] * (signs == signs[0]).all(dim=0)
+        mixed = torch.nonzero(self.fixed_sign == 0).squeeze(1)
+        self.mixed = mixed[(signs[:, mixed] != 0).any(dim=0)]          # all-zero entries add nothing
+        self.mixed_views = views[:, self.mixed].contiguous()
+        self.fixed_sum = views @ self.fixed_sign
+        self.block = block
+
+    def __call__(self, weights: torch.Tensor, coef: torch.Tensor):
+        """(||C_u||_1 (n,), its gradient in w_u (n, G), sum_u coef_u w_u sign(C_u) (G, E))."""
+        grad_w = self.fixed_sum.expand(len(weights), -1).clone()
+        grad_views = torch.outer(coef @ weights, self.fixed_sign)
+        scaled = coef[:, None] * weights
+        cols = max(1, min(len(self.mixed), 4096))
+        users = max(1, self.block // cols)
+        mixed_grad = torch.zeros_like(self.mixed_views)
+        for start in range(0, len(self.mixed), cols):
+            part = self.mixed_views[:, start:start + cols]
+            for first in range(0, len(weights), users):
+                signs = torch.sign(weights[first:first + users] @ part)
+                grad_w[first:first + users] += signs @ part.T
+                mixed_grad[:, start:start + cols] += scaled[first:first + users].T @ signs
+        grad_views[:, self.mixed] += mixed_grad
+        # sum_e |w . f_e| = w . sum_e sign(w . f_e) f_e
+        return (weights * grad_w).sum(1), grad_w, grad_views
 
 
 class _RapRegulariser(torch.autograd.Function):

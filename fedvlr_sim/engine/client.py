@@ -19,9 +19,11 @@ from torch.func import vmap
 from fedvlr_sim.config import ClientConfig, ModelConfig
 from fedvlr_sim.engine import model
 from fedvlr_sim.engine.messages import Upload
+from fedvlr_sim.engine.metrics import COLD_PRIOR_BETAS, with_cold_prior
 from fedvlr_sim.engine.privacy import privacy_of
 from fedvlr_sim.engine.rng import Stream, uniform
 from fedvlr_sim.engine.router import RankOneRouter
+from fedvlr_sim.engine.table import SparseTable
 from fedvlr_sim.engine.userdata import UserData
 from fedvlr_sim.errors import FedVLRError
 
@@ -68,7 +70,7 @@ class ClientPopulation:
         """Tensor elements one user adds to a training chunk (activations, tables, copies)."""
         cost = self.data.train_counts[rows] * (1 + self.cfg.neg_ratio) * self.n_views * self.width * 4
         if self.backbone.has_item_table:
-            cost = cost + self.n_items * self.width * (self.n_views + 4)
+            cost = cost + self.n_items * self.width * (2 if self.sparse_tables else self.n_views + 4)
         if self.copies_globals:
             cost = cost + 3 * self.n_items * self.width * self.n_views
         return cost
@@ -77,6 +79,12 @@ class ClientPopulation:
     def copies_globals(self) -> bool:
         """Clients hold per-user copies of the globals when they step them or privatise uploads."""
         return self.cfg.global_update == "local" or self.privacy is not None
+
+    @property
+    def sparse_tables(self) -> bool:
+        """Personal tables are stepped at the batch's rows (engine/table.py) when the views are
+        shared and fixed within the round."""
+        return self.backbone.sparse_table is not None and not self.copies_globals
 
     def _local_chunk(self, rows: np.ndarray, prefix: str = "") -> dict[str, torch.Tensor]:
         """Float32 copies of the local state of `rows` (only names starting with `prefix`)."""
@@ -161,25 +169,38 @@ class ClientPopulation:
         # with shared, fixed views a router's first layer moves in rank one (engine/router.py)
         router = None if self.copies_globals or "router.w1" not in local else \
             RankOneRouter(local, glob_in["views"], hist, hist_mask)
+        table = SparseTable(local.pop(backbone.sparse_table).detach(), glob_in["views"]) if self.sparse_tables else None
+        penalty = backbone.table_penalty(glob_in["views"], round_idx) if table else None
         stepped = [name for name in local if name not in backbone.frozen(cfg.global_update)]
         for pos, neg, mask in self.minibatches(round_idx, rows, hist, hist_mask):
             weights = router.weights(local) if router else weights_fn(local, glob_in, hist, hist_mask)
-            losses = loss_fn(local, glob_in, weights, pos, neg, mask)
             active = (mask.sum(dim=1) > 0).float()
-            regulariser = backbone.regulariser(local, weights, glob_in["views"], round_idx)
+            step_local = local
+            if table:
+                items = torch.cat([pos[..., None], neg], dim=-1)
+                step_local = local | {f"{backbone.sparse_table}.rows": table.rows(items)}
+                regulariser, pull_rate = penalty(table, weights, scale * active) if penalty else (None, 0.0)
+            else:
+                regulariser = backbone.regulariser(local, weights, glob_in["views"], round_idx)
+            losses = loss_fn(step_local, glob_in, weights, pos, neg, mask)
             if regulariser is not None:
                 losses = losses + active * regulariser
-            grads = torch.autograd.grad((losses * scale).sum(), [*local.values(), *glob_in.values()], allow_unused=True)
-            local_grads = dict(zip(local, grads[:len(local)]))
+            grads = torch.autograd.grad((losses * scale).sum(), [*step_local.values(), *glob_in.values()],
+                                        allow_unused=True)
+            local_grads = dict(zip(step_local, grads[:len(step_local)]))
             if router:
                 router.step(local_grads["router.b1"], scale, cfg.lr, cfg.weight_decay)
+            if table:
+                row_grads = local_grads[f"{backbone.sparse_table}.rows"]
+                table.step(items, row_grads / _expand(scale, row_grads), cfg.lr, 1.0 - cfg.lr * cfg.weight_decay,
+                           cfg.lr * pull_rate * active, weights.detach())
             with torch.no_grad():
                 for name in stepped:   # SGD on the user's own loss, with L2 weight decay
                     if local_grads[name] is not None:
                         if cfg.weight_decay:
                             local[name].mul_(1.0 - cfg.lr * cfg.weight_decay)
                         local[name].addcdiv_(local_grads[name], _expand(scale, local_grads[name]), value=-cfg.lr)
-                for name, grad in zip(glob_in, grads[len(local):]):
+                for name, grad in zip(glob_in, grads[len(step_local):]):
                     if grad is None:
                         continue
                     accumulated[name] += grad
@@ -189,6 +210,9 @@ class ClientPopulation:
             loss_steps += active
         if router:
             local["router.w1"], grad_views = router.finish()
+            accumulated["views"] += grad_views
+        if table:
+            local[backbone.sparse_table], grad_views = table.finish()
             accumulated["views"] += grad_views
         if self.copies_globals:
             accumulated = self._weighted_sum(round_idx, rows, accumulated, alpha)
@@ -223,7 +247,8 @@ class ClientPopulation:
     # ---------------------------------------------------------------- evaluation
     def _eval_cost(self, rows: np.ndarray) -> np.ndarray:
         """Tensor elements one user adds to a scoring chunk."""
-        return self.n_items * self.width * (self.n_views + 4) + self.data.train_counts[rows] * self.width * self.n_views
+        return (self.n_items * (self.width * (self.n_views + 4) + len(COLD_PRIOR_BETAS) + 1)
+                + self.data.train_counts[rows] * self.width * self.n_views)
 
     def scores(self, rows: np.ndarray, glob: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scores of every item for local rows `rows`, shape (n, I); no masking."""
@@ -235,12 +260,18 @@ class ClientPopulation:
 
     def ranks(self, glob: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         """Ranks of each user's valid and test items from one scoring pass (see
-        UserData.rank_targets): (global user ids, ranks of shape (U, 2))."""
+        UserData.rank_targets): (global user ids, ranks of shape (U, 2, K)), where K = 1 holds
+        the model's ranks, followed, when the data knows its never-trained items, by the
+        cold-prior reference for each beta (metrics.with_cold_prior)."""
         all_rows = np.arange(len(self.data.users))
-        ranks = np.zeros((len(all_rows), 2), dtype=np.int64)
+        never_trained = self.data.never_trained
+        scorings = 1 if never_trained is None else 1 + len(COLD_PRIOR_BETAS)
+        ranks = np.zeros((len(all_rows), 2, scorings), dtype=np.int64)
         glob = self._on_device(glob)
         for chunk in self._chunks(all_rows, self._eval_cost):
             scores = self.scores(chunk, glob)
+            scores = scores[:, None] if never_trained is None else \
+                with_cold_prior(scores, torch.from_numpy(never_trained).to(scores.device))
             for column, split in enumerate(("valid", "test")):
                 ranks[chunk, column] = self.data.rank_targets(chunk, scores, split)
         return self.data.users, ranks

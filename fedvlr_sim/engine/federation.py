@@ -22,7 +22,7 @@ from fedvlr_sim.config import LoopConfig
 from fedvlr_sim.engine import checkpoint
 from fedvlr_sim.engine.client import ClientPopulation
 from fedvlr_sim.engine.messages import RoundRecord, Upload
-from fedvlr_sim.engine.metrics import expected_random_metrics, metrics_from_ranks, reference_ranks
+from fedvlr_sim.engine.metrics import best_cold_prior, expected_random_metrics, metrics_from_ranks, reference_ranks
 from fedvlr_sim.engine.rng import Stream, uniform
 from fedvlr_sim.engine.userdata import UserData
 from fedvlr_sim.errors import FedVLRError
@@ -149,9 +149,15 @@ class Federation:
         self.stop_reason = reason
 
     def evaluate(self, glob: dict) -> tuple[dict, dict, np.ndarray]:
-        """(valid metrics, test metrics split cold/warm, every user's test rank) of the current model."""
+        """(valid metrics, test metrics split cold/warm, every user's test rank) of the current
+        model; the test metrics carry `cold_prior`, the model plus a valid-tuned prior for
+        never-trained items (a reference), when the data knows those items."""
         ranks = self.pool.ranks(glob)
-        return metrics_from_ranks(ranks[:, 0]), self.problem.split_metrics(ranks[:, 1]), ranks[:, 1]
+        test = self.problem.split_metrics(ranks[:, 1, 0])
+        if ranks.shape[2] > 1:
+            test["cold_prior"] = best_cold_prior(ranks[:, 0, 1:], ranks[:, 1, 1:], self.loop.select_metric,
+                                                 self.problem.split_metrics)
+        return metrics_from_ranks(ranks[:, 0, 0]), test, ranks[:, 1, 0]
 
     def run_round(self, round_idx: int) -> RoundRecord:
         """One round of Algorithm 1 (no evaluation)."""

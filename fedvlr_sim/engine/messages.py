@@ -78,6 +78,7 @@ class RunSummary:
     baselines_valid: dict = field(default_factory=dict)   # references on valid (what selection sees)
     cold_share: dict = field(default_factory=dict)        # share of users with a never-trained held-out item
     warnings: list = field(default_factory=list)
+    cold_prior_beta: float | None = None                  # the cold-prior reference's beta, chosen on valid
     modality_spearman: dict | None = None
     modality_reliance: dict | None = None                 # mean per-user reliance share per modality
     dp: dict | None = None                                # (epsilon, delta) spent, for runs with DP noise
@@ -85,7 +86,7 @@ class RunSummary:
 
     def to_dict(self) -> dict:
         """The summary.json form (optional parts left out when absent)."""
-        optional = ("modality_spearman", "modality_reliance", "dp")
+        optional = ("cold_prior_beta", "modality_spearman", "modality_reliance", "dp")
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("run_info", *optional)}
         out |= {k: getattr(self, k) for k in optional if getattr(self, k) is not None}
         return out | self.run_info

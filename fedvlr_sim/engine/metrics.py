@@ -59,6 +59,27 @@ def reference_ranks(data, train_item_counts: np.ndarray, seed: int = 0, split: s
     return out
 
 
+COLD_PRIOR_BETAS = (0.5, 1.0, 2.0, 4.0, 8.0)   # prior weights, in standard deviations of a user's scores
+
+
+def with_cold_prior(scores: torch.Tensor, never_trained: torch.Tensor) -> torch.Tensor:
+    """The model's scores (n, I) and, for each beta of COLD_PRIOR_BETAS, the "cold prior"
+    reference: each user's scores standardised, plus beta for every item never seen in train.
+    Shape (n, 1 + len(COLD_PRIOR_BETAS), I); entry 0 is the model itself."""
+    standard = (scores - scores.mean(dim=1, keepdim=True)) / scores.std(dim=1, keepdim=True).clamp_min(1e-12)
+    betas = torch.tensor(COLD_PRIOR_BETAS, dtype=scores.dtype, device=scores.device)
+    priors = betas[:, None] * never_trained.to(scores.dtype)[None, :]
+    return torch.cat([scores[:, None], standard[:, None] + priors[None]], dim=1)
+
+
+def best_cold_prior(valid_ranks: np.ndarray, test_ranks: np.ndarray, metric: str, split_metrics) -> dict:
+    """The cold-prior reference with its beta chosen on valid `metric`: ranks (U, B) per beta;
+    `split_metrics` turns test ranks into the split test metrics."""
+    valid = [metrics_from_ranks(valid_ranks[:, b]) for b in range(valid_ranks.shape[1])]
+    best = max(range(len(valid)), key=lambda b: valid[b][metric])
+    return {"beta": COLD_PRIOR_BETAS[best], "valid": valid[best], "test": split_metrics(test_ranks[:, best])}
+
+
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties); nan when either side is constant."""
     rx, ry = _average_ranks(np.asarray(x, float)), _average_ranks(np.asarray(y, float))

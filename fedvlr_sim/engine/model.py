@@ -84,10 +84,9 @@ def user_loss(backbone, bpr: bool, local: dict, glob: dict, weights: torch.Tenso
     BPR over (positive, negative) pairs). `weights` (G,) mix the views (the router's output, or
     [1.0] for a single view). pos (B,), neg (B, r), mask (B,) marks real rows; no rows, loss 0.
     A backbone's regulariser is added per chunk by the client update."""
-    def score(items):
-        return backbone.logits(local, glob, backbone.train_rep(local, shared_rep(glob, items, weights), items))
-
-    score_pos, score_neg = score(pos), score(neg)
+    items = torch.cat([pos[:, None], neg], dim=1)                       # (B, 1 + r): positive first
+    scores = backbone.logits(local, glob, backbone.train_rep(local, shared_rep(glob, items, weights), items))
+    score_pos, score_neg = scores[:, 0], scores[:, 1:]
     n_rows = mask.sum()
     if bpr:
         per_row = F.softplus(score_neg - score_pos[:, None]).sum(dim=1)

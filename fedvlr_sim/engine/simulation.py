@@ -25,7 +25,7 @@ METRICS_FILE = "metrics.parquet"
 
 def problem_of(dataset) -> Problem:
     """The engine's view of a loaded dataset (see fedvlr_sim.datasets.Dataset)."""
-    data = UserData.from_interactions(dataset.n_users, dataset.user, dataset.item, dataset.split)
+    data = UserData.from_interactions(dataset.n_users, dataset.user, dataset.item, dataset.split, dataset.n_items)
     saturated = np.flatnonzero(data.train_counts >= dataset.n_items)
     if len(saturated):
         raise FedVLRError(f"dataset {dataset.name!r}: user {saturated[0]} has every item in train, "
@@ -108,6 +108,9 @@ def summarize(cfg: RunConfig, fed: Federation, run_info: dict | None = None) -> 
     problem, metric = fed.problem, cfg.loop.select_metric
     references = problem.reference_metrics(cfg.seed)
     valid_references = {k: v["all"] for k, v in problem.reference_metrics(cfg.seed, "valid").items()}
+    cold_prior = best["test"].get("cold_prior")
+    if cold_prior:   # this model plus a valid-tuned prior for never-trained items
+        references["cold_prior"], valid_references["cold_prior"] = cold_prior["test"], cold_prior["valid"]
     warnings = []
     if best["valid"] and best["valid"][metric] < valid_references["popularity"][metric]:
         warnings.append(f"the selected model is below the popularity ranking on valid {metric} "
@@ -122,5 +125,5 @@ def summarize(cfg: RunConfig, fed: Federation, run_info: dict | None = None) -> 
         baselines_warm={k: v["warm"] for k, v in references.items()},
         seconds=fed.seconds, config=cfg.flat(), stopped=fed.stop_reason, baselines_valid=valid_references,
         cold_share={split: float(problem.cold(split).mean()) for split in ("valid", "test")}, warnings=warnings,
-        modality_spearman=best.get("modality_spearman"), modality_reliance=best.get("modality_reliance"),
+        cold_prior_beta=cold_prior["beta"] if cold_prior else None, modality_spearman=best.get("modality_spearman"), modality_reliance=best.get("modality_reliance"),
         dp=dp_report(cfg, problem.n_users, fed.round), run_info=dict(run_info or {}))

@@ -1,0 +1,98 @@
+"""A chunk's personal item tables during one round, stepped where the batch touches them.
+
+PFedRec and FedRAP keep an |I| x w table per user, but a minibatch reads only the rows of its
+positives and negatives. Stepping the whole table with a dense gradient costs several passes
+over n x |I| x w floats per step; here a step reads and writes only the batch's rows.
+
+What touches every row is affine in the table and the views, and the views are fixed within a
+round (`global_update=accumulate`): weight decay scales the table, and FedRAP's regulariser
+-lambda ||T - C||^2 moves every row toward or away from C = sum_j w_j F_j. So the table is kept
+as T = s X + sum_j c_j F_j, with a per-user scale s and per-view coefficients c carrying those
+moves, and X changed only at the batch's rows. `inner` keeps ||X||^2 and <X, F_j> up to date
+for penalties such as FedRAP's. The views' gradient through s X, which would read every table at
+every step, is summed in closed form: sum_k b_k X_k = B X_final - sum_k B_k (X_{k+1} - X_k) with
+B_k the running sum of the coefficients b_k. The result equals dense SGD on T (the engine tests
+hold it to the per-user reference loop).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class SparseTable:
+    """Tables (n, I, w) of a chunk, as T = s X + sum_j c_j F_j with views F (G, I, w)."""
+
+    def __init__(self, table: torch.Tensor, views: torch.Tensor):
+        n, n_views = table.shape[0], views.shape[0]
+        self.x, self.views = table, views.detach()
+        self.scale = torch.ones(n, device=table.device)
+        self.coef = torch.zeros(n, n_views, device=table.device)
+        self.users = torch.arange(n, device=table.device)
+        self._inner: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._defers = False                                                  # add_view_grad was called
+        self.view_coef = torch.zeros(n, n_views, device=table.device)       # B: running sum of b_k
+        self.view_grad = torch.zeros_like(self.views)     # the views' gradient, less B X_final
+
+    @property
+    def inner(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(||X_u||^2 of shape (n,), <X_u, F_j> of shape (n, G)), computed once, then kept current."""
+        if self._inner is None:
+            self._inner = ((self.x * self.x).sum(dim=(1, 2)), torch.einsum("niw,giw->ng", self.x, self.views))
+        return self._inner
+
+    def _mix(self, coef: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """sum_j coef_uj F_j[items_u] for items (n, ...): shape (n, ..., w)."""
+        rows = self.views[:, items]                                                   # (G, n, ..., w)
+        return torch.einsum("ng,gn...w->n...w", coef, rows)
+
+    def rows(self, items: torch.Tensor) -> torch.Tensor:
+        """T at `items` (n, ...), a leaf to differentiate the minibatch loss against."""
+        x_rows = self.x[self.users.view(-1, *([1] * (items.dim() - 1))), items]
+        return (self.scale.view(-1, *([1] * items.dim())) * x_rows + self._mix(self.coef, items)).requires_grad_()
+
+    def add_view_grad(self, coef: torch.Tensor, grad: torch.Tensor) -> None:
+        """Add sum_u coef_uj T_u (at the current T) and `grad` (G, I, w) to the views' gradient;
+        the s X part of T is summed in closed form (see the module docstring)."""
+        self.view_coef += coef * self.scale[:, None]
+        self._defers = True
+        self.view_grad += torch.einsum("jh,hiw->jiw", coef.T @ self.coef, self.views) + grad
+
+    @torch.no_grad()
+    def step(self, items: torch.Tensor, grad_rows: torch.Tensor, lr: float, decay: float, pull: torch.Tensor,
+             target: torch.Tensor) -> None:
+        """One SGD step of every user's table: T <- (decay + pull) T - pull C - lr grad, where
+        `grad_rows` (n, ..., w) is the gradient at `items` (n, ...) (repeated items add up), and
+        C_u = sum_j target_uj F_j (a penalty whose gradient is -(pull_u / lr) (T - C_u))."""
+        factor = decay + pull
+        self.coef = factor[:, None] * self.coef - pull[:, None] * target
+        self.scale = factor * self.scale
+        change = grad_rows * (-lr / self.scale.view(-1, *([1] * (grad_rows.dim() - 1))))
+        flat_items = (items + self.users.view(-1, *([1] * (items.dim() - 1))) * self.x.shape[1]).reshape(-1)
+        flat_change = change.reshape(-1, self.x.shape[2])
+        table = self.x.view(-1, self.x.shape[2])
+        if self._inner is not None:
+            before = table[flat_items]
+        table.index_add_(0, flat_items, flat_change)
+        if self._inner is not None:
+            after = table[flat_items]
+            squares, with_views = self._inner
+            user_of = self.users.repeat_interleave(flat_items.numel() // len(self.users))
+            squares.index_add_(0, user_of, ((after + before) * flat_change).sum(dim=1))
+            with_views += self._mix_dot(change, items)
+        for j in range(self.views.shape[0] if self._defers else 0):
+            weighted = (self.view_coef[:, j].view(-1, *([1] * (change.dim() - 1))) * change).reshape(-1, change.shape[-1])
+            self.view_grad[j].index_add_(0, items.reshape(-1), weighted, alpha=-1.0)
+
+    def _mix_dot(self, change: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """sum over a user's changed rows of change . F_j[row], shape (n, G)."""
+        rows = self.views[:, items]                                                   # (G, n, ..., w)
+        return torch.einsum("n...w,gn...w->ng", change, rows)
+
+    @torch.no_grad()
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T at the end of the round (n, I, w), the views' gradient added this round (G, I, w))."""
+        # B X_final, read while X is still X (the table is then formed in place)
+        grad = self.view_grad + torch.einsum("ng,niw->giw", self.view_coef, self.x)
+        table = self.x.mul_(self.scale[:, None, None]).add_(torch.einsum("ng,giw->niw", self.coef, self.views))
+        return table, grad
