@@ -268,7 +268,7 @@ class MixtureL1:
     sign in every mixture: those entries are summed once for all users. The others are
     evaluated per user, in cache-sized blocks."""
 
-    def __init__(self, views: torch.Tensor, block: int = 1 << 18):
+    def __init__(self, views: torch.Tensor, block: int = 1 << 20):
         signs = torch.sign(views)
         self.fixed_sign = signs[0] * (signs == signs[0]).all(dim=0)
         mixed = torch.nonzero(self.fixed_sign == 0).squeeze(1)
@@ -282,8 +282,8 @@ class MixtureL1:
         grad_w = self.fixed_sum.expand(len(weights), -1).clone()
         grad_views = torch.outer(coef @ weights, self.fixed_sign)
         scaled = coef[:, None] * weights
-        cols = max(1, min(len(self.mixed), 4096))
-        users = max(1, self.block // cols)
+        users = max(1, min(len(weights), 256))
+        cols = max(1, min(len(self.mixed), self.block // users))
         mixed_grad = torch.zeros_like(self.mixed_views)
         for start in range(0, len(self.mixed), cols):
             part = self.mixed_views[:, start:start + cols]

@@ -41,15 +41,13 @@ class SparseTable:
             self._inner = ((self.x * self.x).sum(dim=(1, 2)), torch.einsum("niw,giw->ng", self.x, self.views))
         return self._inner
 
-    def _mix(self, coef: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """sum_j coef_uj F_j[items_u] for items (n, ...): shape (n, ..., w)."""
-        rows = self.views[:, items]                                                   # (G, n, ..., w)
-        return torch.einsum("ng,gn...w->n...w", coef, rows)
-
     def rows(self, items: torch.Tensor) -> torch.Tensor:
-        """T at `items` (n, ...), a leaf to differentiate the minibatch loss against."""
+        """T at `items` (n, ...), a leaf to differentiate the minibatch loss against; `step`
+        must follow with the same items."""
         x_rows = self.x[self.users.view(-1, *([1] * (items.dim() - 1))), items]
-        return (self.scale.view(-1, *([1] * items.dim())) * x_rows + self._mix(self.coef, items)).requires_grad_()
+        self._view_rows = self.views[:, items]                                       # (G, n, ..., w)
+        mixed = torch.einsum("ng,gn...w->n...w", self.coef, self._view_rows)
+        return (self.scale.view(-1, *([1] * items.dim())) * x_rows + mixed).requires_grad_()
 
     def add_view_grad(self, coef: torch.Tensor, grad: torch.Tensor) -> None:
         """Add sum_u coef_uj T_u (at the current T) and `grad` (G, I, w) to the views' gradient;
@@ -79,20 +77,16 @@ class SparseTable:
             squares, with_views = self._inner
             user_of = self.users.repeat_interleave(flat_items.numel() // len(self.users))
             squares.index_add_(0, user_of, ((after + before) * flat_change).sum(dim=1))
-            with_views += self._mix_dot(change, items)
+            with_views += torch.einsum("n...w,gn...w->ng", change, self._view_rows)
         for j in range(self.views.shape[0] if self._defers else 0):
             weighted = (self.view_coef[:, j].view(-1, *([1] * (change.dim() - 1))) * change).reshape(-1, change.shape[-1])
             self.view_grad[j].index_add_(0, items.reshape(-1), weighted, alpha=-1.0)
-
-    def _mix_dot(self, change: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """sum over a user's changed rows of change . F_j[row], shape (n, G)."""
-        rows = self.views[:, items]                                                   # (G, n, ..., w)
-        return torch.einsum("n...w,gn...w->ng", change, rows)
 
     @torch.no_grad()
     def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(T at the end of the round (n, I, w), the views' gradient added this round (G, I, w))."""
         # B X_final, read while X is still X (the table is then formed in place)
         grad = self.view_grad + torch.einsum("ng,niw->giw", self.view_coef, self.x)
-        table = self.x.mul_(self.scale[:, None, None]).add_(torch.einsum("ng,giw->niw", self.coef, self.views))
-        return table, grad
+        flat = self.x.view(len(self.x), -1).mul_(self.scale[:, None])
+        flat.addmm_(self.coef, self.views.reshape(len(self.views), -1))
+        return self.x, grad
