@@ -268,14 +268,15 @@ class MixtureL1:
     sign in every mixture: those entries are summed once for all users. The others are
     evaluated per user, in cache-sized blocks."""
 
-    def __init__(self, views: torch.Tensor, block: int = 1 << 20):
+    def __init__(self, views: torch.Tensor, block: int | None = None):
         signs = torch.sign(views)
         self.fixed_sign = signs[0] * (signs == signs[0]).all(dim=0)
         mixed = torch.nonzero(self.fixed_sign == 0).squeeze(1)
         self.mixed = mixed[(signs[:, mixed] != 0).any(dim=0)]          # all-zero entries add nothing
         self.mixed_views = views[:, self.mixed].contiguous()
         self.fixed_sum = views @ self.fixed_sign
-        self.block = block
+        # blocks of about 4 MB stay in a CPU's cache; a GPU wants few, large launches
+        self.block = block or (1 << 20 if views.device.type == "cpu" else 1 << 27)
 
     def __call__(self, weights: torch.Tensor, coef: torch.Tensor):
         """(||C_u||_1 (n,), its gradient in w_u (n, G), sum_u coef_u w_u sign(C_u) (G, E))."""
