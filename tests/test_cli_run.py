@@ -79,7 +79,7 @@ def test_the_summary_has_the_required_keys_and_metrics_as_fractions(finished):
         assert_ranking_metrics(s["test_cold"], "test_cold")
     else:   # no user's test item is cold in this world: the cold split is undefined, not 0
         assert set(s["test_cold"]) == METRIC_KEYS and all(v is None for v in s["test_cold"].values())  # no cold test item: undefined
-    assert set(s["baselines"]) == {"popularity", "cold_first", "random"}
+    assert set(s["baselines"]) == {"popularity", "cold_first", "random", "cold_prior"}
     for name, values in s["baselines"].items():
         assert_ranking_metrics(values, f"baseline {name}")
 
