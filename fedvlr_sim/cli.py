@@ -431,13 +431,13 @@ def _print_bench_row(row: dict, json_output: bool) -> None:
 @app.command()
 @user_errors
 def reproduce(
-    name: str = typer.Argument(..., help="Experiment: table5, table3, table2, table6, table4, fig6 or fig9."),
+    name: str = typer.Argument(..., help="Experiment: table2, table3, table4, table5, table6, fig3, fig6, fig7, fig8, fig9 or fig10."),
     dataset: list[str] = typer.Option(..., help="Prepared dataset or synthetic:<preset> (repeatable)."),
     seeds: int = typer.Option(3, help="Seeds per cell (the 95% interval is over seeds)."),
     rounds: Optional[int] = typer.Option(None, help="Most rounds per run [default: the run default]."),
     out: Path = typer.Option(Path("runs/reproduce"), help="Folder of NAME.parquet, NAME.md, NAME.png and the "
                              "runs (NAME/...; finished runs are kept, interrupted ones resumed)."),
-    backbone: str = typer.Option("fcf", help="Backbone of the single-backbone experiments (table5, table6, fig9)."),
+    backbone: str = typer.Option("fcf", help="Backbone of the single-backbone experiments (table5, table6, fig3, fig7, fig9, fig10)."),
     dp_clip: float = typer.Option(1.0, help="table4: the clipping norm of the DP cells."),
     dp_noise: float = typer.Option(0.1, help="table4: the noise multiplier of the DP cells."),
     address: str = typer.Option("", help="Ray cluster to run the cells on as Ray tasks (empty: this machine)."),

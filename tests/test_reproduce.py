@@ -3,6 +3,7 @@ its parquet rows and markdown intervals; table 3 measured against the declared s
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -15,6 +16,7 @@ from fedvlr_sim.cli import app
 from fedvlr_sim.config import RunConfig
 from fedvlr_sim.reproduce.catalogue import EXPERIMENTS
 from fedvlr_sim.reproduce.experiment import Choices
+from fedvlr_sim.reproduce.grid import point_name
 from fedvlr_sim.reproduce.stats import mean_interval, wilcoxon
 
 TINY = ("--set", "dim=8", "--set", "local_epochs=1", "--set", "checkpoint_every=0")
@@ -155,3 +157,113 @@ def test_the_paired_test_is_over_users_from_each_runs_test_ranks(tmp_path):
     text = _paired_p(better, worse, "ndcg@50")
     p, n = float(text.split(" ")[0]), text.split("n=")[1].rstrip(")")
     assert p < 1e-3 and n == "120", "120 users, each better in the first cell or tied"
+
+
+def _fake_outcome(job):
+    """lr 1 diverges; otherwise valid ndcg@50 peaks at lr 0.01 and, for FedRAP, lambda 0.01, mu 0.1."""
+    flat = job.cfg.flat()
+    if flat["lr"] == 1.0:
+        return {"failed": "round 1 diverged"}
+    score = -abs(math.log10(flat["lr"]) + 2)
+    if flat["backbone"] == "fedrap":
+        score -= abs(math.log10(flat["fedrap_lambda"]) + 2) + abs(math.log10(flat["fedrap_mu"]) + 1)
+    return {"valid": {"ndcg@50": 1 + score}}
+
+
+def test_table2_tunes_on_seed_zero_in_stages_then_reruns_the_chosen_point(tmp_path):
+    """The plan's phases, without training: seed 0 of every cell runs the lr grid (FedRAP at its
+    default lambda = mu = 1e-3); FedRAP's seed 0 then runs lambda x mu at its best lr (the default
+    point not again), and every other seed reruns the point its seed 0 chose, once."""
+    from fedvlr_sim.reproduce import base_config
+    from fedvlr_sim.reproduce.plan import plan
+
+    base = base_config([], {"data_dir": str(tmp_path), "rounds": 2})
+    the_plan = plan(EXPERIMENTS["table2"], ["synthetic:tiny"], 3, base, Choices(), tmp_path / "out")
+    assert the_plan.most_runs == 16 * 4 + 3 * 15 + 16 * 2 == 141
+    outcomes, phases = {}, []
+    while new := the_plan.next_jobs(outcomes):
+        phases.append(new)
+        outcomes |= {job.run_dir: _fake_outcome(job) for job in new}
+    assert [len(p) for p in phases] == [16 * 4, 3 * 15 + 13 * 2, 3 * 2]
+    assert all(job.cfg.seed == 0 and job.cfg.model.fedrap_lambda == job.cfg.model.fedrap_mu == 1e-3
+               for job in phases[0])
+    stage2 = [job for job in phases[1] if job.cfg.seed == 0]
+    assert len(stage2) == 45 and {job.cfg.model.backbone for job in stage2} == {"fedrap"}
+    assert {job.cfg.flat()["lr"] for job in stage2} == {0.01}, "stage 2 at stage 1's best lr"
+    others = [job for phase in phases[1:] for job in phase if job.cfg.seed > 0]
+    assert len(others) == 16 * 2 and len({job.run_dir for job in others}) == 32
+    for job in others:
+        flat = job.cfg.flat()
+        assert flat["lr"] == 0.01
+        if flat["backbone"] == "fedrap":
+            assert (flat["fedrap_lambda"], flat["fedrap_mu"]) == (0.01, 0.1)
+            assert job.run_dir.name == "lr0.01-lambda0.01-mu0.1"
+    assert all(r.complete for r in the_plan.replicates)
+    assert the_plan.next_jobs(outcomes) == []
+
+
+def test_tuning_runs_for_real_and_a_rerun_after_an_interruption_redoes_nothing_finished(tmp_path, monkeypatch):
+    """FCF and FedRAP tuned on synthetic:tiny over 3 seeds: 4 + 19 runs on seed 0, one per other
+    seed at seed 0's chosen point; interrupted in FedRAP's stage 2, a report-only call writes the
+    finished cells, a second call trains only what had not finished, and a third nothing."""
+    from fedvlr_sim.reproduce import base_config, reproduce
+    from fedvlr_sim.reproduce.experiment import Cell, Experiment
+
+    cells = [Cell(b, "plain", {"backbone": b, "variant": "none"}, tuned=True) for b in ("fcf", "fedrap")]
+    monkeypatch.setitem(EXPERIMENTS, "tuning", Experiment("tuning", "tuning", lambda choices: cells))
+    base = base_config(["dim=8", "local_epochs=1", "checkpoint_every=0"], {"data_dir": str(tmp_path), "rounds": 2})
+    out = tmp_path / "out"
+    started, real = [], jobs.execute
+
+    def interrupted(cfg, dataset, run_dir, *args, **kwargs):
+        if len(started) == 12:
+            raise KeyboardInterrupt
+        started.append(run_dir)
+        return real(cfg, dataset, run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(jobs, "execute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce("tuning", ["synthetic:tiny"], 3, out, base, report=lambda line: None)
+    first = list(started)
+    assert len(first) == 12
+    assert all("fcf-plain" in str(p) for p in first[:6]), "a cell's seeds finish before the next cell starts"
+
+    # --report-only writes what finished (FCF's three seeds), trains nothing and says what is missing
+    monkeypatch.setattr(jobs, "execute", lambda *a, **k: started.append(a[2]))
+    reproduce("tuning", ["synthetic:tiny"], 3, out, base, report=lambda line: None, train=False)
+    assert len(started) == 12
+    assert pl.read_parquet(out / "tuning.parquet")["backbone"].to_list() == ["fcf"] * 3
+    partial = (out / "tuning.md").read_text()
+    assert "**Partial**: 3 of 6" in partial and "fedrap / plain seeds 0, 1, 2: missing: not finished yet" in partial
+
+    started.clear()
+    monkeypatch.setattr(jobs, "execute", lambda *a, **k: started.append(a[2]) or real(*a, **k))
+    reproduce("tuning", ["synthetic:tiny"], 3, out, base, report=lambda line: None)
+    assert len(first) + len(started) == 4 + 19 + 2 * 2
+    assert not set(map(str, started)) & set(map(str, first)), "nothing finished is trained again"
+
+    rows = pl.read_parquet(out / "tuning.parquet")
+    assert rows.height == 6
+    root = out / "tuning" / "synthetic-tiny"
+    for backbone in ("fcf", "fedrap"):
+        mine = rows.filter(pl.col("backbone") == backbone).sort("seed")
+        chosen = json.loads(mine["selected"][0])
+        assert set(chosen) == ({"lr"} if backbone == "fcf" else {"lr", "fedrap_lambda", "fedrap_mu"})
+        assert mine["selected"].to_list() == [mine["selected"][0]] * 3, "seeds 1, 2 rerun seed 0's point"
+        for seed in (1, 2):
+            assert [p.name for p in (root / f"{backbone}-plain" / f"seed{seed}").iterdir()] == [point_name(chosen)]
+    seed0 = root / "fedrap-plain" / "seed0"
+    runs = {p.name: json.loads((p / "summary.json").read_text()) if (p / "summary.json").is_file() else None
+            for p in seed0.iterdir()}
+    assert len(runs) == 19
+    stage1 = {n: s for n, s in runs.items() if n.endswith("-lambda0.001-mu0.001")}
+    assert len(stage1) == 4, "stage 1: the lr grid at the default lambda = mu = 1e-3"
+    best_lr = max((s for s in stage1.values() if s), key=lambda s: s["valid"]["ndcg@50"])["config"]["lr"]
+    stage2 = [n for n in runs if n not in stage1]
+    assert len(stage2) == 15 and all(n.startswith(f"lr{best_lr:g}-") for n in stage2), "stage 2 at stage 1's best lr"
+    text = (out / "tuning.md").read_text()
+    assert "with seed 0 only" in text and "seeds 1..2 rerun the chosen point" in text and "Chosen on seed 0" in text
+
+    started.clear()
+    reproduce("tuning", ["synthetic:tiny"], 3, out, base, report=lambda line: None)
+    assert started == []

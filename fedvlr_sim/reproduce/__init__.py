@@ -1,10 +1,12 @@
 """`fedvlr-sim reproduce NAME`: one of the paper's experiments on any prepared dataset.
 
 An experiment is data (its cells, `catalogue.py`); one planner turns cells, datasets and seeds
-into run folders (`plan.py`), one executor brings them to a finished state, resuming what an
-interruption left (`jobs.py`), and one writer turns the selected runs into OUT/NAME.parquet,
-OUT/NAME.md and, where the paper has a figure, OUT/NAME.png (`results.py`, `tables.py`,
-`figures.py`). Table 3 is measured, not trained (`sizes.py`).
+into run folders (`plan.py`; tuned cells choose their hyper-parameters on valid with seed 0
+only, in stages, and rerun the chosen point on the other seeds), one executor brings them to a
+finished state as their inputs come in (a tuning stage needs the outcomes of the one before),
+resuming what an interruption left (`jobs.py`), and one writer turns the selected runs into
+OUT/NAME.parquet, OUT/NAME.md and, where the paper has a figure, OUT/NAME.png (`results.py`,
+`tables.py`, `figures.py`). Table 3 is measured, not trained (`sizes.py`).
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ def experiment_named(name: str):
 
 def reproduce(name: str, datasets: list[str], seeds: int, out: Path, base: RunConfig, choices: Choices = Choices(),
               max_parallel: int = 1, address: str = "", command: str = "",
-              report: Callable[[str], None] = print) -> list[Path]:
-    """Run experiment `name` (finished runs kept) and write its files into `out`; return them."""
+              report: Callable[[str], None] = print, train: bool = True) -> list[Path]:
+    """Run experiment `name` (finished runs kept) and write its files into `out`; return them.
+    With `train=False` nothing is trained: the files hold the replicates finished so far."""
     from fedvlr_sim.reproduce.plan import plan as plan_runs
     from fedvlr_sim.reproduce.results import result_rows, write_parquet
     from fedvlr_sim.reproduce.tables import result_markdown, write_text
@@ -49,7 +52,7 @@ def reproduce(name: str, datasets: list[str], seeds: int, out: Path, base: RunCo
     if experiment.measured:
         return _measured(experiment, datasets, base, choices, out, command, report)
     plan = plan_runs(experiment, datasets, seeds, base, choices, out)
-    outcomes = _run(plan, max_parallel, address, report)
+    outcomes = _run(plan, max_parallel, address, report) if train else _finished(plan, report)
     rows = result_rows(plan, outcomes, plan.metric)
     written = [out / f"{name}.parquet", out / f"{name}.md"]
     write_parquet(written[0], rows)
@@ -62,22 +65,39 @@ def reproduce(name: str, datasets: list[str], seeds: int, out: Path, base: RunCo
 
 
 def _run(plan, max_parallel: int, address: str, report: Callable[[str], None]) -> dict:
-    """Every job's outcome by run folder, reporting each as it finishes."""
-    from fedvlr_sim.reproduce.jobs import run_jobs
+    """Every run's outcome by run folder, reporting each as it finishes. A run joins the pool
+    once the outcomes it depends on are in (`Plan.next_jobs`: a tuning stage needs the one
+    before, another seed the point seed 0 chose); of the ready runs the one earliest in table
+    order starts first, so that cells finish (every seed) one after another rather than all at
+    the end, at most `max_parallel` at once."""
+    from fedvlr_sim.reproduce.jobs import run_pool
 
-    jobs = plan.jobs
-    report(f"{plan.experiment.name}: {len(jobs)} runs ({len(plan.replicates)} cell-seed replicates) on "
-           f"{', '.join(plan.datasets)}")
+    tuned = any(c.tuned for c in plan.cells)
+    most = plan.most_runs
+    report(f"{plan.experiment.name}: {len(plan.replicates)} cell-seed replicates on {', '.join(plan.datasets)}, "
+           f"{most} runs" + (" at most (hyper-parameters tuned on seed 0, in stages)" if tuned else ""))
     done = [0]
 
     def on_done(job, outcome, kept):
         done[0] += 1
         what = ("diverged" if "failed" in outcome
                 else f"valid {plan.metric} {outcome['valid'].get(plan.metric, float('nan')):.4f}")
-        report(f"[{done[0]}/{len(jobs)}] {job.run_dir}: {what}{' (finished earlier)' if kept else ''}")
+        report(f"[{done[0]}/{most}] {job.run_dir}: {what}{' (finished earlier)' if kept else ''}")
 
-    results = run_jobs(jobs, max_parallel, address, on_done)
-    return {job.run_dir: result for job, result in zip(jobs, results)}
+    return run_pool(plan.next_jobs, max_parallel, address, on_done, order=plan.order)
+
+
+def _finished(plan, report: Callable[[str], None]) -> dict:
+    """The outcomes of the runs already finished, following the phases as far as they go."""
+    from fedvlr_sim.reproduce.jobs import finished, outcome
+
+    outcomes: dict = {}
+    while jobs := plan.next_jobs(outcomes):
+        outcomes |= {job.run_dir: outcome(job.run_dir) for job in jobs if finished(job.run_dir)}
+    complete = sum(r.complete and not r.waiting(outcomes) for r in plan.replicates)
+    report(f"{plan.experiment.name}: {len(outcomes)} runs finished, {complete} of {len(plan.replicates)} cell-seed "
+           "replicates complete (nothing trained)")
+    return outcomes
 
 
 def _measured(experiment, datasets, base, choices, out, command, report) -> list[Path]:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fedvlr_sim.config import MODALITIES
-from fedvlr_sim.reproduce.experiment import Cell, Choices, Experiment
-from fedvlr_sim.reproduce.figures import convergence_figure, sampling_figure
+from fedvlr_sim.engine.backbones import BACKBONES as BACKBONE_DEFS
+from fedvlr_sim.reproduce.embeddings import KEEP_CHECKPOINT, embedding_figure
+from fedvlr_sim.reproduce.experiment import Cell, Choices, Experiment, GridAxis
+from fedvlr_sim.reproduce.figures import convergence_figure, grid_figure, sampling_figure
+from fedvlr_sim.reproduce.grid import LR_GRID
+from fedvlr_sim.reproduce.heterogeneity import heterogeneity_figure
 
 BACKBONES = ("fedavg", "fcf", "fedncf", "pfedrec", "fedrap")
 SAMPLE_RATIOS = (0.1, 0.2, 0.5, 1.0)
+WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3)   # SPEC.md section 10
+LR_AXIS = GridAxis("lr", "lr", LR_GRID)
+L2_AXIS = GridAxis("weight_decay", "L2", WEIGHT_DECAYS)
+FEDRAP_AXES = tuple(GridAxis(option, option.removeprefix("fedrap_"), values)
+                    for option, values in BACKBONE_DEFS["fedrap"].hyper_grid.items())   # lambda, mu
 
 
 def backbone_variants(choices: Choices) -> list[Cell]:
@@ -47,6 +58,24 @@ def sampling_ratios(choices: Choices) -> list[Cell]:
             for r in SAMPLE_RATIOS]
 
 
+def chosen_backbone_ours(choices: Choices, extra: dict | None = None) -> list[Cell]:
+    """+ours on the chosen backbone alone (with `extra` options)."""
+    return [Cell(choices.backbone, "+ours", {"backbone": choices.backbone, "variant": "ours"} | (extra or {}))]
+
+
+def grid_cells(choices: Choices, y: GridAxis, x: GridAxis, backbone: str = "") -> list[Cell]:
+    """+ours (on `backbone`, default the chosen one) at every point of a two-option grid: a row
+    per value of y, a column per value of x."""
+    ours = {"backbone": backbone or choices.backbone, "variant": "ours"}
+    return [Cell(y.name(a), x.name(b), ours | {y.option: a, x.option: b}) for a in y.values for b in x.values]
+
+
+def grid_experiment(name: str, title: str, y: GridAxis, x: GridAxis, backbone: str = "") -> Experiment:
+    """An experiment over a two-option grid, drawn as a heatmap of test NDCG@50."""
+    return Experiment(name, title, partial(grid_cells, y=y, x=x, backbone=backbone),
+                      figure=partial(grid_figure, y=y, x=x))
+
+
 EXPERIMENTS = {e.name: e for e in (
     Experiment("table5", "Modality ablation (+ours)", modality_ablation),
     Experiment("table3", "Client-side parameters and communication per client per round", backbone_variants,
@@ -56,4 +85,10 @@ EXPERIMENTS = {e.name: e for e in (
     Experiment("table4", "Differential privacy (+ours)", privacy),
     Experiment("fig6", "Convergence of the backbones (+ours)", backbones_ours, figure=convergence_figure),
     Experiment("fig9", "Client sampling ratio (+ours)", sampling_ratios, figure=sampling_figure),
+    Experiment("fig3", "Client heterogeneity: activity, modality reliance and accuracy by activity (+ours)",
+               chosen_backbone_ours, figure=heterogeneity_figure),
+    grid_experiment("fig7", "Client lr x L2 weight decay (+ours)", LR_AXIS, L2_AXIS),
+    grid_experiment("fig8", "FedRAP lambda x mu (FedRAP+ours)", *FEDRAP_AXES, backbone="fedrap"),
+    Experiment("fig10", "Item embeddings of the trained server and two users' personal views (+ours)",
+               partial(chosen_backbone_ours, extra=KEEP_CHECKPOINT), figure=embedding_figure),
 )}

@@ -1,5 +1,5 @@
 """What an experiment of the paper is, as data: its cells (the runs that fill one table cell),
-the choices a command line makes about them, and how its table reads."""
+the choices a command line makes about them, the axes of a grid of cells, and how its table reads."""
 
 from __future__ import annotations
 
@@ -31,6 +31,20 @@ class Cell:
     def slug(self) -> str:
         """A folder name for the cell."""
         return re.sub(r"[^A-Za-z0-9.]+", "-", f"{self.row}-{self.column}").strip("-").lower()
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    """One run option varied over a grid of cells: the option, how rows or columns and the
+    figure name it, and its values in order."""
+
+    option: str
+    label: str
+    values: tuple[float, ...]
+
+    def name(self, value: float) -> str:
+        """A row or column label, e.g. `lr 0.01`."""
+        return f"{self.label} {value:g}"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,11 @@
 """The hyper-parameter grid selected on valid (SPEC.md section 10): the client learning rate
-{1e-3, 1e-2, 1e-1, 1} and any grid the backbone declares (FedRAP: lambda x mu). `sweep` and the
-tuned cells of `reproduce` use the same points."""
+{1e-3, 1e-2, 1e-1, 1} and any grid the backbone declares (FedRAP: lambda x mu).
+
+`sweep` runs the full product (`grid_points`). The tuned cells of `reproduce` run it in two
+stages on seed 0 only (`lr_stage`, then `backbone_stage` at the lr that stage 1 selected): 4 runs
+for a backbone without a grid of its own, 4 + 16 - 1 for FedRAP (the best stage-1 point, at the
+default lambda and mu, is one of stage 2's), instead of the 64 of the joint grid; the other seeds
+rerun the chosen point only."""
 
 from __future__ import annotations
 
@@ -10,9 +15,22 @@ LR_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 
 
 def grid_points(backbone_def) -> list[dict]:
-    """Every combination of the learning rates and the backbone's own grid."""
+    """Every combination of the learning rates and the backbone's own grid (`sweep`)."""
     axes = {"lr": LR_GRID} | backbone_def.hyper_grid
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def lr_stage(backbone_def, settings: dict) -> list[dict]:
+    """Stage 1: the learning rates, the backbone's own hyper-parameters at their values in
+    `settings` (a flat configuration: the config defaults unless --set changed them)."""
+    fixed = {k: settings[k] for k in backbone_def.hyper_grid}
+    return [{"lr": lr} | fixed for lr in LR_GRID]
+
+
+def backbone_stage(backbone_def, lr: float) -> list[dict]:
+    """Stage 2: the backbone's own grid at the learning rate stage 1 selected ([] when it has none)."""
+    axes = backbone_def.hyper_grid
+    return [{"lr": lr} | dict(zip(axes, values)) for values in itertools.product(*axes.values())] if axes else []
 
 
 def point_name(point: dict) -> str:

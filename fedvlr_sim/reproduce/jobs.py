@@ -1,7 +1,8 @@
 """Run folders brought to a finished state, one run each: a finished folder is kept, a
 half-finished one resumes from its checkpoint (or restarts when it has none), a new one starts.
 Many run in this process one after another, or as Ray tasks at most `max_parallel` at once on
-this machine or the cluster at `address`.
+this machine or the cluster at `address`: a fixed list (`run_jobs`), or a pool that jobs join as
+the outcomes they depend on come in (`run_pool`; reproduce's tuning stages).
 
 A run is finished when its folder holds `summary.json`, or `failed.json` when it diverged (a
 grid point with too large a learning rate): a diverged point is an outcome, not an error, and
@@ -115,57 +116,83 @@ def checked_dataset(cfg: RunConfig):
 
 
 OnDone = Callable[[Job, dict, bool], None]   # (job, outcome, whether it was finished before)
+MoreJobs = Callable[[dict[Path, dict]], list[Job]]   # outcomes so far -> the jobs they make ready
 
 
 def run_jobs(jobs: list[Job], max_parallel: int = 1, address: str = "",
              on_done: OnDone = lambda job, result, kept: None) -> list[dict]:
     """Every job's outcome, in order. In this process one after another, unless `address` or
     `max_parallel > 1` asks for Ray tasks (runs inside a task use the in-process engine)."""
+    given = [jobs]
+    outcomes = run_pool(lambda done: given.pop() if given else [], max_parallel, address, on_done)
+    return [outcomes[job.run_dir] for job in jobs]
+
+
+def run_pool(more: MoreJobs, max_parallel: int = 1, address: str = "", on_done: OnDone = lambda job, result, kept: None,
+             order: Callable[[Job], object] | None = None) -> dict[Path, dict]:
+    """Every job `more` hands out brought to its outcome, by run folder. `more(outcomes)` is
+    asked again after each outcome for the jobs that outcome made ready (a job whose inputs are
+    earlier outcomes, such as a tuning stage); of the ready jobs the first by `order` (else the
+    first handed out) starts next, at most `max_parallel` at once. A job already finished is
+    only read; in this process one after another unless `address` or `max_parallel > 1` asks
+    for Ray tasks."""
     if max_parallel < 1:
         raise FedVLRError(f"--max-parallel must be a positive integer, got {max_parallel}")
+    outcomes: dict[Path, dict] = {}
+    ready: list[Job] = []
+
+    def refill() -> None:
+        ready.extend(more(outcomes))
+        if order is not None:
+            ready.sort(key=order)
+
+    def record(job: Job, result: dict, kept: bool) -> None:
+        outcomes[job.run_dir] = result
+        on_done(job, result, kept)
+        refill()
+
+    refill()
     if max_parallel == 1 and not address:
-        results = []
-        for job in jobs:
+        while ready:
+            job = ready.pop(0)
             kept = finished(job.run_dir)
-            results.append(run_job(job))
-            on_done(job, results[-1], kept)
-        return results
-    return _on_ray(jobs, max_parallel, address, on_done)
+            record(job, run_job(job), kept)
+        return outcomes
+    _on_ray(ready, max_parallel, address, record)
+    return outcomes
 
 
-def _on_ray(jobs: list[Job], max_parallel: int, address: str, on_done: OnDone) -> list[dict]:
-    """The jobs as Ray tasks of one CPU each, at most `max_parallel` at a time."""
-    if any(job.cfg.launch.backend == "ray" for job in jobs):
+def _on_ray(ready: list[Job], max_parallel: int, address: str, record: OnDone) -> None:
+    """The ready jobs as Ray tasks of one CPU each, at most `max_parallel` at a time; `record`
+    takes each outcome (and may add jobs to `ready`)."""
+    if any(job.cfg.launch.backend == "ray" for job in ready):
         raise FedVLRError("--backend ray runs its own actors; with --max-parallel > 1 or --address each run is a Ray "
                           "task with the in-process engine: use --set backend=local (or --max-parallel 1)")
     import ray
 
     from fedvlr_sim.actors.launch import ray_session
 
-    results: dict[int, dict] = {}
     with ray_session(address):
         task = ray.remote(num_cpus=1, max_retries=0)(run_job)
-        waiting, running = list(enumerate(_absolute(job) for job in jobs)), {}
-        while waiting or running:
-            while waiting and len(running) < max_parallel:
-                index, job = waiting.pop(0)
+        running: dict = {}
+        while ready or running:
+            while ready and len(running) < max_parallel:
+                job = ready.pop(0)
                 if finished(job.run_dir):
-                    results[index] = run_job(job)
-                    on_done(job, results[index], True)
+                    record(job, run_job(job), True)
                 else:
-                    running[task.remote(job)] = index
+                    running[task.remote(_absolute(job))] = job
             if not running:
-                break
+                continue
             (ref,), _ = ray.wait(list(running), num_returns=1)
-            index = running.pop(ref)
+            job = running.pop(ref)
             try:
-                results[index] = ray.get(ref)
+                result = ray.get(ref)
             except ray.exceptions.RayError as err:
                 for other in running:
                     ray.cancel(other)
-                raise FedVLRError(_task_error(jobs[index], err)) from None
-            on_done(jobs[index], results[index], False)
-    return [results[i] for i in range(len(jobs))]
+                raise FedVLRError(_task_error(job, err)) from None
+            record(job, result, False)
 
 
 def _absolute(job: Job) -> Job:

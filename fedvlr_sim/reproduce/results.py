@@ -1,5 +1,6 @@
 """The result rows of an experiment: one per cell, dataset and seed, from the run selected on
-valid among its grid points; written as parquet atomically."""
+valid among its grid points (seed 0 of a tuned cell: among every point of its tuning stages;
+another seed: its one run, at the point seed 0 chose); written as parquet atomically."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ from fedvlr_sim.reproduce.plan import Plan, Replicate
 
 
 def result_rows(plan: Plan, outcomes: dict[Path, dict], metric: str) -> list[dict]:
-    """A row per replicate that has a finished (not diverged) run: the cell's options, seed,
-    valid and test metrics, selected hyper-parameters and run folder."""
+    """A row per complete replicate (every run finished; with `reproduce --report-only` some may
+    not be) that has a finished (not diverged) run: the cell's options, seed, valid and test
+    metrics, selected hyper-parameters (`selected`: the grid point as JSON, {} when untuned) and
+    run folder."""
     option_keys = list(dict.fromkeys(k for r in plan.replicates for k in r.cell.options))
     rows = []
     for replicate in plan.replicates:
+        if not replicate.complete or replicate.waiting(outcomes):
+            continue
         by_summary = [(outcomes[job.run_dir], job, point) for job, point in zip(replicate.jobs, replicate.points)]
         best = best_on_valid([summary for summary, _, _ in by_summary], metric)
         if best is None:
