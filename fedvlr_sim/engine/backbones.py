@@ -247,9 +247,10 @@ class _RapPenalty(TablePenalty):
         diff_sq = scale**2 * squares + 2 * scale * (excess * with_views).sum(1) + ((excess @ self.gram) * excess).sum(1)
         diff_views = scale[:, None] * with_views + excess @ self.gram
         l1, l1_grad, l1_views_grad = self.l1(w, loss_weight * self.rap_mu / size)
-        pull = loss_weight[:, None] * w * (2 * lam / size)        # views' gradient: pull_uj (T_u - C_u) + L1's
-        own_mix = torch.einsum("jh,hiw->jiw", pull.T @ w, self.views)
-        table.add_view_grad(pull, l1_views_grad.reshape(self.views.shape) - own_mix)
+        # views' gradient: sum_u pull_uj (T_u - C_u) + L1's, with T_u - C_u = s X_u + sum_h e_uh F_h
+        pull = loss_weight[:, None] * w * (2 * lam / size)
+        mixed = torch.einsum("jh,hiw->jiw", pull.T @ excess, self.views)
+        table.add_view_grad(pull, mixed + l1_views_grad.reshape(self.views.shape))
         value = (-lam * diff_sq + self.rap_mu * l1) / size
         grad_w = (2 * lam * diff_views + self.rap_mu * l1_grad) / size
         return value + ((weights - w) * grad_w).sum(1), 2 * lam / size

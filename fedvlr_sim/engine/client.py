@@ -23,7 +23,7 @@ from fedvlr_sim.engine.metrics import COLD_PRIOR_BETAS, with_cold_prior
 from fedvlr_sim.engine.privacy import privacy_of
 from fedvlr_sim.engine.rng import Stream, uniform
 from fedvlr_sim.engine.router import RankOneRouter
-from fedvlr_sim.engine.table import SparseTable
+from fedvlr_sim.engine.table import SparseTable, user_broadcast
 from fedvlr_sim.engine.userdata import UserData
 from fedvlr_sim.errors import FedVLRError
 
@@ -192,14 +192,14 @@ class ClientPopulation:
                 router.step(local_grads["router.b1"], scale, cfg.lr, cfg.weight_decay)
             if table:
                 row_grads = local_grads[f"{backbone.sparse_table}.rows"]
-                table.step(items, row_grads / _expand(scale, row_grads), cfg.lr, 1.0 - cfg.lr * cfg.weight_decay,
+                table.step(items, row_grads / user_broadcast(scale, row_grads), cfg.lr, 1.0 - cfg.lr * cfg.weight_decay,
                            cfg.lr * pull_rate * active, weights.detach())
             with torch.no_grad():
                 for name in stepped:   # SGD on the user's own loss, with L2 weight decay
                     if local_grads[name] is not None:
                         if cfg.weight_decay:
                             local[name].mul_(1.0 - cfg.lr * cfg.weight_decay)
-                        local[name].addcdiv_(local_grads[name], _expand(scale, local_grads[name]), value=-cfg.lr)
+                        local[name].addcdiv_(local_grads[name], user_broadcast(scale, local_grads[name]), value=-cfg.lr)
                 for name, grad in zip(glob_in, grads[len(step_local):]):
                     if grad is None:
                         continue
@@ -264,14 +264,14 @@ class ClientPopulation:
         the model's ranks, followed, when the data knows its never-trained items, by the
         cold-prior reference for each beta (metrics.with_cold_prior)."""
         all_rows = np.arange(len(self.data.users))
-        never_trained = self.data.never_trained
+        never_trained = None if self.data.never_trained is None else \
+            torch.from_numpy(self.data.never_trained).to(self.device)
         scorings = 1 if never_trained is None else 1 + len(COLD_PRIOR_BETAS)
         ranks = np.zeros((len(all_rows), 2, scorings), dtype=np.int64)
         glob = self._on_device(glob)
         for chunk in self._chunks(all_rows, self._eval_cost):
             scores = self.scores(chunk, glob)
-            scores = scores[:, None] if never_trained is None else \
-                with_cold_prior(scores, torch.from_numpy(never_trained).to(scores.device))
+            scores = scores[:, None] if never_trained is None else with_cold_prior(scores, never_trained)
             for column, split in enumerate(("valid", "test")):
                 ranks[chunk, column] = self.data.rank_targets(chunk, scores, split)
         return self.data.users, ranks
@@ -322,7 +322,3 @@ def table_dtype(requested: str, n_users: int, n_items: int, width: int) -> torch
     if requested == "bfloat16" or requested == "auto" and n_users * n_items * width * 4 > 2 * 1024**3:
         return torch.bfloat16
     return torch.float32
-
-
-def _expand(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return scale.reshape((-1,) + (1,) * (like.dim() - 1))

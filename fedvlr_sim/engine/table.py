@@ -44,17 +44,18 @@ class SparseTable:
     def rows(self, items: torch.Tensor) -> torch.Tensor:
         """T at `items` (n, ...), a leaf to differentiate the minibatch loss against; `step`
         must follow with the same items."""
-        x_rows = self.x[self.users.view(-1, *([1] * (items.dim() - 1))), items]
+        x_rows = self.x[user_broadcast(self.users, items), items]
         self._view_rows = self.views[:, items]                                       # (G, n, ..., w)
         mixed = torch.einsum("ng,gn...w->n...w", self.coef, self._view_rows)
-        return (self.scale.view(-1, *([1] * items.dim())) * x_rows + mixed).requires_grad_()
+        return (user_broadcast(self.scale, x_rows) * x_rows + mixed).requires_grad_()
 
     def add_view_grad(self, coef: torch.Tensor, grad: torch.Tensor) -> None:
-        """Add sum_u coef_uj T_u (at the current T) and `grad` (G, I, w) to the views' gradient;
-        the s X part of T is summed in closed form (see the module docstring)."""
+        """Add sum_u coef_uj s_u X_u (at the current X, summed in closed form: see the module
+        docstring) and `grad` (G, I, w) to the views' gradient. With T = s X + sum_h c_h F_h, a
+        term sum_u coef_uj T_u adds (coef' c) F to `grad`."""
         self.view_coef += coef * self.scale[:, None]
         self._defers = True
-        self.view_grad += torch.einsum("jh,hiw->jiw", coef.T @ self.coef, self.views) + grad
+        self.view_grad += grad
 
     @torch.no_grad()
     def step(self, items: torch.Tensor, grad_rows: torch.Tensor, lr: float, decay: float, pull: torch.Tensor,
@@ -65,8 +66,8 @@ class SparseTable:
         factor = decay + pull
         self.coef = factor[:, None] * self.coef - pull[:, None] * target
         self.scale = factor * self.scale
-        change = grad_rows * (-lr / self.scale.view(-1, *([1] * (grad_rows.dim() - 1))))
-        flat_items = (items + self.users.view(-1, *([1] * (items.dim() - 1))) * self.x.shape[1]).reshape(-1)
+        change = grad_rows * (-lr / user_broadcast(self.scale, grad_rows))
+        flat_items = (items + user_broadcast(self.users, items) * self.x.shape[1]).reshape(-1)
         flat_change = change.reshape(-1, self.x.shape[2])
         table = self.x.view(-1, self.x.shape[2])
         if self._inner is not None:
@@ -79,7 +80,7 @@ class SparseTable:
             squares.index_add_(0, user_of, ((after + before) * flat_change).sum(dim=1))
             with_views += torch.einsum("n...w,gn...w->ng", change, self._view_rows)
         for j in range(self.views.shape[0] if self._defers else 0):
-            weighted = (self.view_coef[:, j].view(-1, *([1] * (change.dim() - 1))) * change).reshape(-1, change.shape[-1])
+            weighted = (user_broadcast(self.view_coef[:, j], change) * change).reshape(-1, change.shape[-1])
             self.view_grad[j].index_add_(0, items.reshape(-1), weighted, alpha=-1.0)
 
     @torch.no_grad()
@@ -90,3 +91,8 @@ class SparseTable:
         flat = self.x.view(len(self.x), -1).mul_(self.scale[:, None])
         flat.addmm_(self.coef, self.views.reshape(len(self.views), -1))
         return self.x, grad
+
+
+def user_broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-user values (n,) shaped to broadcast against `like` (n, ...)."""
+    return values.reshape((-1,) + (1,) * (like.dim() - 1))
