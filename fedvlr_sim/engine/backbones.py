@@ -219,25 +219,35 @@ class FedRAP(HeadBackbone):
 
 
 class TablePenalty:
-    """A per-user term of a round's minibatch losses on `SparseTable`s (engine/table.py): called with the table,
-    the mixing weights (n, G) and each user's weight in the summed loss, it returns (the term
-    (n,), which differentiates to the weights; the rate r with gradient -r (T - C) in the table,
-    C being the weights' mixture of the views) and adds its views' gradient to the table."""
+    """A per-user term of a round's minibatch losses on `SparseTable`s (engine/table.py), built
+    once a round over the round's fixed views. Called with a chunk's table, the mixing weights
+    (n, G) and each user's weight in the summed loss, it returns (the term (n,), which
+    differentiates to the weights; the rate r with gradient -r (T - C) in the table, C being the
+    weights' mixture of the views) and hands the table the coefficients of its views' gradient
+    that run through T. The rest of the views' gradient it sums over every call of the round
+    and gives once, from `view_grad`."""
 
     def __call__(self, table, weights: torch.Tensor, loss_weight: torch.Tensor) -> tuple[torch.Tensor, float]:
+        raise NotImplementedError
+
+    def view_grad(self) -> torch.Tensor:
+        """The views' gradient (G, I, w) summed over every call so far, less the part through T."""
         raise NotImplementedError
 
 
 class _RapPenalty(TablePenalty):
     """FedRAP's regulariser from a few inner products: with T = s X + sum_j c_j F_j and
     e = c - w, ||T - C||^2 = s^2 ||X||^2 + 2 s e.<X, F> + e' Gram e and
-    <T - C, F_j> = s <X, F_j> + (Gram e)_j; the L1 term is `MixtureL1`."""
+    <T - C, F_j> = s <X, F_j> + (Gram e)_j; the L1 term is `MixtureL1`. Its views' gradient
+    sum_u pull_u (T_u - C_u) is pull (s X) through the table plus (sum pull' e) F: the G x G
+    factor is summed over the round and multiplies the views once."""
 
     def __init__(self, views: torch.Tensor, rap_lambda: float, rap_mu: float):
         self.views, self.rap_lambda, self.rap_mu = views.detach(), rap_lambda, rap_mu
         self.size = views[0].numel()
         self.gram = torch.einsum("giw,hiw->gh", self.views, self.views)
         self.l1 = MixtureL1(self.views.reshape(len(views), -1))
+        self.pull_excess = torch.zeros_like(self.gram)            # sum over calls of pull' e
 
     def __call__(self, table, weights, loss_weight):
         lam, size = self.rap_lambda, self.size
@@ -246,14 +256,17 @@ class _RapPenalty(TablePenalty):
         squares, with_views = table.inner
         diff_sq = scale**2 * squares + 2 * scale * (excess * with_views).sum(1) + ((excess @ self.gram) * excess).sum(1)
         diff_views = scale[:, None] * with_views + excess @ self.gram
-        l1, l1_grad, l1_views_grad = self.l1(w, loss_weight * self.rap_mu / size)
-        # views' gradient: sum_u pull_uj (T_u - C_u) + L1's, with T_u - C_u = s X_u + sum_h e_uh F_h
+        l1, l1_grad = self.l1(w, loss_weight * self.rap_mu / size)
         pull = loss_weight[:, None] * w * (2 * lam / size)
-        mixed = torch.einsum("jh,hiw->jiw", pull.T @ excess, self.views)
-        table.add_view_grad(pull, mixed + l1_views_grad.reshape(self.views.shape))
+        self.pull_excess += pull.T @ excess
+        table.add_view_grad(pull)
         value = (-lam * diff_sq + self.rap_mu * l1) / size
         grad_w = (2 * lam * diff_views + self.rap_mu * l1_grad) / size
         return value + ((weights - w) * grad_w).sum(1), 2 * lam / size
+
+    def view_grad(self):
+        mixed = torch.einsum("jh,hiw->jiw", self.pull_excess, self.views)
+        return mixed + self.l1.view_grad().reshape(self.views.shape)
 
 
 def table_rows(local: dict, name: str, items: torch.Tensor) -> torch.Tensor:
@@ -267,7 +280,8 @@ class MixtureL1:
 
     Weights are nonnegative and sum to one, so an entry whose views all share one sign has that
     sign in every mixture: those entries are summed once for all users. The others are
-    evaluated per user, in cache-sized blocks."""
+    evaluated per user, in cache-sized blocks. The views' gradient is summed over calls, on the
+    mixed entries only, and laid out over all entries once (`view_grad`)."""
 
     def __init__(self, views: torch.Tensor, block: int | None = None):
         signs = torch.sign(views)
@@ -278,24 +292,31 @@ class MixtureL1:
         self.fixed_sum = views @ self.fixed_sign
         # blocks of about 4 MB stay in a CPU's cache; a GPU wants few, large launches
         self.block = block or (1 << 20 if views.device.type == "cpu" else 1 << 27)
+        self.fixed_weight = torch.zeros(len(views), device=views.device)   # sum over calls of coef' w
+        self.mixed_grad = torch.zeros_like(self.mixed_views)
 
-    def __call__(self, weights: torch.Tensor, coef: torch.Tensor):
-        """(||C_u||_1 (n,), its gradient in w_u (n, G), sum_u coef_u w_u sign(C_u) (G, E))."""
+    def __call__(self, weights: torch.Tensor, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(||C_u||_1 (n,), its gradient in w_u (n, G)); adds sum_u coef_u w_u sign(C_u) to the
+        views' gradient."""
         grad_w = self.fixed_sum.expand(len(weights), -1).clone()
-        grad_views = torch.outer(coef @ weights, self.fixed_sign)
+        self.fixed_weight += coef @ weights
         scaled = coef[:, None] * weights
         users = max(1, min(len(weights), 256))
         cols = max(1, min(len(self.mixed), self.block // users))
-        mixed_grad = torch.zeros_like(self.mixed_views)
         for start in range(0, len(self.mixed), cols):
             part = self.mixed_views[:, start:start + cols]
             for first in range(0, len(weights), users):
                 signs = torch.sign(weights[first:first + users] @ part)
                 grad_w[first:first + users] += signs @ part.T
-                mixed_grad[:, start:start + cols] += scaled[first:first + users].T @ signs
-        grad_views[:, self.mixed] += mixed_grad
+                self.mixed_grad[:, start:start + cols] += scaled[first:first + users].T @ signs
         # sum_e |w . f_e| = w . sum_e sign(w . f_e) f_e
-        return (weights * grad_w).sum(1), grad_w, grad_views
+        return (weights * grad_w).sum(1), grad_w
+
+    def view_grad(self) -> torch.Tensor:
+        """sum over calls and users of coef_u w_u sign(C_u), shape (G, E)."""
+        grad = torch.outer(self.fixed_weight, self.fixed_sign)
+        grad[:, self.mixed] += self.mixed_grad
+        return grad
 
 
 class _RapRegulariser(torch.autograd.Function):

@@ -18,6 +18,7 @@ from torch.func import vmap
 
 from fedvlr_sim.config import ClientConfig, ModelConfig
 from fedvlr_sim.engine import model
+from fedvlr_sim.engine.backbones import TablePenalty
 from fedvlr_sim.engine.messages import Upload
 from fedvlr_sim.engine.metrics import COLD_PRIOR_BETAS, with_cold_prior
 from fedvlr_sim.engine.privacy import privacy_of
@@ -89,7 +90,7 @@ class ClientPopulation:
     def _local_chunk(self, rows: np.ndarray, prefix: str = "") -> dict[str, torch.Tensor]:
         """Float32 copies of the local state of `rows` (only names starting with `prefix`)."""
         index = self._index(rows)
-        return {k: v[index].float() for k, v in self.params.items() if k.startswith(prefix)}
+        return {k: v.index_select(0, index).float() for k, v in self.params.items() if k.startswith(prefix)}
 
     def _index(self, rows: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(rows).to(self.device)
@@ -143,12 +144,18 @@ class ClientPopulation:
         rows = self.rows_of(np.asarray(users, dtype=np.int64))
         glob = self._on_device(glob)
         upload = Upload({k: torch.zeros_like(v) for k, v in glob.items()}, 0.0, 0.0, 0)
+        # a sparse table's penalty is built once a round, over the round's fixed views
+        penalty = self.backbone.table_penalty(glob["views"], round_idx) if self.sparse_tables else None
         for chunk in self._chunks(rows, self._train_cost):
-            upload = upload + self._train_chunk(round_idx, chunk, glob)
+            upload = upload + self._train_chunk(round_idx, chunk, glob, penalty)
+        if penalty:
+            upload.grads["views"] += penalty.view_grad()
         return Upload({k: v.cpu() for k, v in upload.grads.items()}, upload.weight, upload.loss_sum, upload.n_users)
 
-    def _train_chunk(self, round_idx: int, rows: np.ndarray, glob: dict[str, torch.Tensor]) -> Upload:
-        """A chunk's local training: SGD on local state, accumulated global gradients."""
+    def _train_chunk(self, round_idx: int, rows: np.ndarray, glob: dict[str, torch.Tensor],
+                     penalty: TablePenalty | None) -> Upload:
+        """A chunk's local training: SGD on local state, accumulated global gradients (the
+        sparse tables' `penalty` keeps the part of the views' gradient it adds itself)."""
         cfg, backbone = self.cfg, self.backbone
         hist, hist_mask = self._history(rows)
         alpha = self.alpha[self._index(rows)]
@@ -170,7 +177,6 @@ class ClientPopulation:
         router = None if self.copies_globals or "router.w1" not in local else \
             RankOneRouter(local, glob_in["views"], hist, hist_mask)
         table = SparseTable(local.pop(backbone.sparse_table).detach(), glob_in["views"]) if self.sparse_tables else None
-        penalty = backbone.table_penalty(glob_in["views"], round_idx) if table else None
         stepped = [name for name in local if name not in backbone.frozen(cfg.global_update)]
         for pos, neg, mask in self.minibatches(round_idx, rows, hist, hist_mask):
             weights = router.weights(local) if router else weights_fn(local, glob_in, hist, hist_mask)

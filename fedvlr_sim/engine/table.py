@@ -32,13 +32,15 @@ class SparseTable:
         self._inner: tuple[torch.Tensor, torch.Tensor] | None = None
         self._defers = False                                                  # add_view_grad was called
         self.view_coef = torch.zeros(n, n_views, device=table.device)       # B: running sum of b_k
-        self.view_grad = torch.zeros_like(self.views)     # the views' gradient, less B X_final
+        self.view_grad = torch.zeros_like(self.views)     # -sum_k B_k (X_(k+1) - X_k)
 
     @property
     def inner(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(||X_u||^2 of shape (n,), <X_u, F_j> of shape (n, G)), computed once, then kept current."""
         if self._inner is None:
-            self._inner = ((self.x * self.x).sum(dim=(1, 2)), torch.einsum("niw,giw->ng", self.x, self.views))
+            flat = self.x.view(len(self.x), -1)
+            squares = torch.linalg.vector_norm(flat, dim=1).square()     # no n x I x w temporary
+            self._inner = (squares, flat @ self.views.reshape(len(self.views), -1).T)
         return self._inner
 
     def rows(self, items: torch.Tensor) -> torch.Tensor:
@@ -49,13 +51,12 @@ class SparseTable:
         mixed = torch.einsum("ng,gn...w->n...w", self.coef, self._view_rows)
         return (user_broadcast(self.scale, x_rows) * x_rows + mixed).requires_grad_()
 
-    def add_view_grad(self, coef: torch.Tensor, grad: torch.Tensor) -> None:
-        """Add sum_u coef_uj s_u X_u (at the current X, summed in closed form: see the module
-        docstring) and `grad` (G, I, w) to the views' gradient. With T = s X + sum_h c_h F_h, a
-        term sum_u coef_uj T_u adds (coef' c) F to `grad`."""
+    def add_view_grad(self, coef: torch.Tensor) -> None:
+        """Add sum_u coef_uj s_u X_u, at the current X, to the views' gradient (summed in closed
+        form: see the module docstring). A term sum_u coef_uj T_u also holds (coef' c) F, which
+        the caller adds itself."""
         self.view_coef += coef * self.scale[:, None]
         self._defers = True
-        self.view_grad += grad
 
     @torch.no_grad()
     def step(self, items: torch.Tensor, grad_rows: torch.Tensor, lr: float, decay: float, pull: torch.Tensor,
@@ -85,7 +86,7 @@ class SparseTable:
 
     @torch.no_grad()
     def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T at the end of the round (n, I, w), the views' gradient added this round (G, I, w))."""
+        """(T at the end of the round (n, I, w), the views' gradient through T added this round (G, I, w))."""
         # B X_final, read while X is still X (the table is then formed in place)
         grad = self.view_grad + torch.einsum("ng,niw->giw", self.view_coef, self.x)
         flat = self.x.view(len(self.x), -1).mul_(self.scale[:, None])
