@@ -452,12 +452,14 @@ def reproduce(
     from fedvlr_sim.reproduce import Choices, base_config, experiment_named
     from fedvlr_sim.reproduce import reproduce as run_experiment
 
-    experiment_named(name)
+    experiment = experiment_named(name)
     require_folder("--out", out, "for the experiment's results")
     base = base_config(set_, {"rounds": rounds, "data_dir": str(data_dir_option(data_dir))})
     choices = Choices(backbone=base.replace(backbone=backbone).model.backbone, dp_clip=dp_clip, dp_noise=dp_noise)
     given = [*(f"--dataset {d}" for d in dataset), f"--seeds {seeds}", *([f"--rounds {rounds}"] if rounds else []),
-             f"--backbone {choices.backbone}", *(f"--set {s}" for s in set_)]
+             *([f"--backbone {choices.backbone}"] if experiment.reads(choices, backbone="-") else []),
+             *([f"--dp-clip {dp_clip:g} --dp-noise {dp_noise:g}"] if experiment.reads(choices, dp_clip=-1.0) else []),
+             *(f"--set {s}" for s in set_)]
     command = " ".join(["fedvlr-sim reproduce", name, *given])
     for path in run_experiment(name, dataset, seeds, out, base, choices, max_parallel, address, command, typer.echo,
                                train=not report_only):

@@ -3,6 +3,7 @@ the choices a command line makes about them, the axes of a grid of cells, and ho
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -60,3 +61,8 @@ class Experiment:
     paired: tuple[str, str] | None = None
     figure: Callable | None = None
     measured: bool = False
+
+    def reads(self, choices: Choices, **other) -> bool:
+        """Whether the cells change when `choices` take the `other` values (so a command line
+        that reproduces this experiment must name them)."""
+        return self.cells(choices) != self.cells(dataclasses.replace(choices, **other))
