@@ -68,31 +68,26 @@ def router_weights(local: dict, glob: dict, hist, hist_mask) -> torch.Tensor:
     return torch.ones(glob["views"].shape[0], device=glob["views"].device)
 
 
-def shared_rep(glob: dict, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The user's mixture of the views for `items`, shape (*items, w)."""
-    return torch.tensordot(weights, glob["views"][:, items], dims=1)
-
-
 def shared_item_reps(local: dict, glob: dict, hist, hist_mask) -> torch.Tensor:
     """The user's (router-mixed) global representation of every item, shape (I, w)."""
     return torch.tensordot(router_weights(local, glob, hist, hist_mask), glob["views"], dims=1)
 
 
-def user_loss(backbone, bpr: bool, local: dict, glob: dict, weights: torch.Tensor, pos: torch.Tensor,
-              neg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def user_loss(backbone, bpr: bool, local: dict, glob: dict, items: torch.Tensor, shared: torch.Tensor,
+              mask: torch.Tensor) -> torch.Tensor:
     """One user's minibatch loss: mean pointwise BCE over positives and their negatives (or mean
-    BPR over (positive, negative) pairs). `weights` (G,) mix the views (the router's output, or
-    [1.0] for a single view). pos (B,), neg (B, r), mask (B,) marks real rows; no rows, loss 0.
+    BPR over (positive, negative) pairs). items (B, 1 + r): a positive, then its r negatives,
+    per row; shared (B, 1 + r, w): the user's mixture of the views at those items (`client.mix_rows`,
+    computed for all users at once); mask (B,) marks real rows; no rows, loss 0.
     A backbone's regulariser is added per chunk by the client update."""
-    items = torch.cat([pos[:, None], neg], dim=1)                       # (B, 1 + r): positive first
-    scores = backbone.logits(local, glob, backbone.train_rep(local, shared_rep(glob, items, weights), items))
+    scores = backbone.logits(local, glob, backbone.train_rep(local, shared, items))
     score_pos, score_neg = scores[:, 0], scores[:, 1:]
-    n_rows = mask.sum()
+    n_rows, r = mask.sum(), items.shape[1] - 1
     if bpr:
         per_row = F.softplus(score_neg - score_pos[:, None]).sum(dim=1)
-        return (per_row * mask).sum() / (n_rows * neg.shape[1]).clamp_min(1.0)
+        return (per_row * mask).sum() / (n_rows * r).clamp_min(1.0)
     per_row = F.softplus(-score_pos) + F.softplus(score_neg).sum(dim=1)
-    return (per_row * mask).sum() / (n_rows * (1 + neg.shape[1])).clamp_min(1.0)
+    return (per_row * mask).sum() / (n_rows * (1 + r)).clamp_min(1.0)
 
 
 def user_scores(backbone, local: dict, glob: dict, hist, hist_mask, trained) -> torch.Tensor:

@@ -43,11 +43,13 @@ class SparseTable:
             self._inner = (squares, flat @ self.views.reshape(len(self.views), -1).T)
         return self._inner
 
-    def rows(self, items: torch.Tensor) -> torch.Tensor:
-        """T at `items` (n, ...), a leaf to differentiate the minibatch loss against; `step`
-        must follow with the same items."""
-        x_rows = self.x[user_broadcast(self.users, items), items]
-        self._view_rows = self.views[:, items]                                       # (G, n, ..., w)
+    def rows(self, items: torch.Tensor, view_rows: torch.Tensor) -> torch.Tensor:
+        """T at `items` (n, ...), a leaf to differentiate the minibatch loss against, given the
+        views at those items (G, n, ..., w); `step` must follow with the same items."""
+        width = self.x.shape[2]
+        self._flat_items = (items + user_broadcast(self.users, items) * self.x.shape[1]).reshape(-1)
+        x_rows = self.x.view(-1, width).index_select(0, self._flat_items).view(*items.shape, width)
+        self._view_rows = view_rows
         mixed = torch.einsum("ng,gn...w->n...w", self.coef, self._view_rows)
         return (user_broadcast(self.scale, x_rows) * x_rows + mixed).requires_grad_()
 
@@ -68,21 +70,20 @@ class SparseTable:
         self.coef = factor[:, None] * self.coef - pull[:, None] * target
         self.scale = factor * self.scale
         change = grad_rows * (-lr / user_broadcast(self.scale, grad_rows))
-        flat_items = (items + user_broadcast(self.users, items) * self.x.shape[1]).reshape(-1)
-        flat_change = change.reshape(-1, self.x.shape[2])
+        flat_items, flat_change = self._flat_items, change.reshape(-1, self.x.shape[2])
         table = self.x.view(-1, self.x.shape[2])
         if self._inner is not None:
-            before = table[flat_items]
+            before = table.index_select(0, flat_items)
         table.index_add_(0, flat_items, flat_change)
         if self._inner is not None:
-            after = table[flat_items]
+            after = table.index_select(0, flat_items)
             squares, with_views = self._inner
-            user_of = self.users.repeat_interleave(flat_items.numel() // len(self.users))
-            squares.index_add_(0, user_of, ((after + before) * flat_change).sum(dim=1))
+            squares += ((after + before) * flat_change).view(len(self.users), -1).sum(dim=1)   # rows grouped by user
             with_views += torch.einsum("n...w,gn...w->ng", change, self._view_rows)
-        for j in range(self.views.shape[0] if self._defers else 0):
-            weighted = (user_broadcast(self.view_coef[:, j], change) * change).reshape(-1, change.shape[-1])
-            self.view_grad[j].index_add_(0, items.reshape(-1), weighted, alpha=-1.0)
+        if self._defers:
+            weighted = self.view_coef.T.reshape(-1, *change.shape[:1], *(1,) * (change.dim() - 1)) * change
+            self.view_grad.index_add_(1, items.reshape(-1), weighted.reshape(len(self.views), -1, change.shape[-1]),
+                                      alpha=-1.0)
 
     @torch.no_grad()
     def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
