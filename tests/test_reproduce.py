@@ -66,6 +66,15 @@ def test_table5_writes_rows_and_intervals_and_resumes(tmp_path, counted_runs):
         values = rows.filter(pl.col("row") == label)["test_hr@50"].to_list()
         mean, half = mean_interval(values)
         assert f"{100 * mean:.2f} ± {100 * half:.2f}" in line
+    # the cold prior is built on each run's own model: a table of its own per cell, never a
+    # dataset-wide reference row taken from whichever run came last
+    assert "reference: cold_prior" not in text
+    cold = [json.loads(b)["cold_prior"]["hr@50"] for b in rows.filter(pl.col("row") == "full")["baselines"]
+            if "cold_prior" in json.loads(b)]
+    assert len(cold) == 2
+    section = text[text.index("Reference `cold_prior` on each cell's own model"):]
+    line = next(line for line in section.splitlines() if line.startswith("| full |"))
+    assert "{:.2f}".format(100 * mean_interval(cold)[0]) in line
 
     # a second call keeps the finished runs; a run without summary (and no checkpoint) restarts
     (out.joinpath(rows["run"][3]) / "summary.json").unlink()

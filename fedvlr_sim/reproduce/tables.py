@@ -58,7 +58,7 @@ def result_markdown(plan: Plan, rows: list[dict], command: str, settings: dict, 
     for dataset in plan.datasets:
         here = [r for r in rows if r["dataset"] == dataset]
         lines += [f"## {dataset}", "", *_dataset_table(plan, here, dataset), "", *_references(here, dataset),
-                  *_chosen(plan, here), *_notes(plan, rows, dataset), ""]
+                  *_run_references(plan, here, dataset), *_chosen(plan, here), *_notes(plan, rows, dataset), ""]
     return "\n".join(lines)
 
 
@@ -103,7 +103,9 @@ def _point_text(point: dict | None) -> str:
     return ", ".join(f"{k.replace('fedrap_', '')}={v:g}" for k, v in point.items())
 
 
-def _dataset_table(plan: Plan, rows: list[dict], dataset: str) -> list[str]:
+def _dataset_table(plan: Plan, rows: list[dict], dataset: str, paired: bool = True,
+                   absent: str = "missing") -> list[str]:
+    """The experiment's table on one dataset (`absent`: the text of a cell without runs)."""
     experiment, cells = plan.experiment, plan.cells
     row_labels = list(dict.fromkeys(c.row for c in cells))
     columns = list(dict.fromkeys(c.column for c in cells))
@@ -111,21 +113,23 @@ def _dataset_table(plan: Plan, rows: list[dict], dataset: str) -> list[str]:
     for r in rows:
         values[(r["row"], r["column"])].append(r)
     header = [""] + [f"{c} {m.upper()}" for c in columns for m in experiment.metrics]
-    if experiment.paired:
+    paired = paired and experiment.paired
+    if paired:
         header.append(f"p ({experiment.paired[0]} vs {experiment.paired[1]})")
     body = []
     for label in row_labels:
         line = [label]
         for column in columns:
-            line += _cell_texts(plan, dataset, label, column, values[(label, column)])
-        if experiment.paired:
+            line += _cell_texts(plan, dataset, label, column, values[(label, column)], absent)
+        if paired:
             a, b = (values[(label, c)] for c in experiment.paired)
             line.append(_paired_p(a, b, plan.metric))
         body.append(line)
     return markdown_table(header, body)
 
 
-def _cell_texts(plan: Plan, dataset: str, row: str, column: str, runs: list[dict]) -> list[str]:
+def _cell_texts(plan: Plan, dataset: str, row: str, column: str, runs: list[dict],
+                absent: str = "missing") -> list[str]:
     """One text per metric: mean ± interval, or why there is none."""
     cell = next((c for c in plan.cells if c.row == row and c.column == column), None)
     blank = len(plan.experiment.metrics)
@@ -134,7 +138,7 @@ def _cell_texts(plan: Plan, dataset: str, row: str, column: str, runs: list[dict
     if (dataset, cell) in plan.skipped:
         return ["skipped"] * blank
     if not runs:
-        return ["missing"] * blank
+        return [absent] * blank
     note = f" (n={len(runs)})" if len(runs) < plan.seeds else ""
     epsilons = [r["dp_epsilon"] for r in runs if r.get("dp_epsilon") is not None]
     note += f" ε={np.mean(epsilons):.3g}" if epsilons else ""
@@ -161,16 +165,32 @@ def user_metric(run_dir: Path, metric: str) -> np.ndarray:
     return hit.astype(float) if kind == "hr" else hit / np.log2(ranks + 2)
 
 
+RUN_REFERENCES = ("cold_prior",)   # built on each run's own model, so shown per cell
+
+
 def _references(rows: list[dict], dataset: str) -> list[str]:
     """The reference rankings' test metrics (mean ± interval over the seeds' worlds)."""
     per_seed = {r["seed"]: json.loads(r["baselines"]) for r in rows}
-    names = list(dict.fromkeys(n for b in per_seed.values() for n in b))
+    names = list(dict.fromkeys(n for b in per_seed.values() for n in b if n not in RUN_REFERENCES))
     if not names:
         return []
     metrics = ("hr@50", "ndcg@50")
     body = [[f"reference: {n}"] + [percent(*mean_interval([b[n][m] for b in per_seed.values() if n in b]))
                                    for m in metrics] for n in names]
     return [*markdown_table(["", *(m.upper() for m in metrics)], body), ""]
+
+
+def _run_references(plan: Plan, rows: list[dict], dataset: str) -> list[str]:
+    """Each cell's own reference rankings (the cold prior: the cell's model plus a boost for
+    never-trained items), in the table's layout; runs older than the reference show n/a."""
+    lines = []
+    for name in RUN_REFERENCES:
+        carrying = [r | {f"test_{m}": json.loads(r["baselines"])[name][m] for m in plan.experiment.metrics}
+                    for r in rows if name in json.loads(r["baselines"])]
+        if carrying:
+            lines += [f"Reference `{name}` on each cell's own model (beta chosen on valid per run):", "",
+                      *_dataset_table(plan, carrying, dataset, paired=False, absent="n/a"), ""]
+    return lines
 
 
 def _notes(plan: Plan, rows: list[dict], dataset: str) -> list[str]:
