@@ -10,6 +10,7 @@ cuts a dataset to its first N users, so one bench can show how the cost grows wi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 import ray
+import torch
 
 from fedvlr_sim.backends import open_backend
 from fedvlr_sim.config import RunConfig
@@ -56,6 +58,19 @@ def time_sequential_round(cfg: RunConfig, dataset, sample_users: int) -> dict:
             "sequential_extrapolated": bool(len(timed) < problem.n_users)}
 
 
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread inside the block (restored after). The loops a bench compares run on
+    one core each, as every Ray shard does: with the default threads, two of them fight over
+    the cores of a busy machine and the comparison measures the fight."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def first_users(dataset, n_users: int):
     """The dataset cut to its first `n_users` users (all their interactions; items unchanged)."""
     if n_users >= dataset.n_users:
@@ -74,16 +89,18 @@ def bench(cfg: RunConfig, dataset, rounds: int = 2, sample_users: int = 200,
     label = f"{dataset.name} ({dataset.n_users} users)"
     report(f"{label}: timing {rounds} round(s) on Ray shards after a warm-up round")
     ray_side = time_rounds(cfg, dataset, rounds)
-    report(f"{label}: timing the sequential one-user-at-a-time loop on up to {sample_users} users")
-    sequential = time_sequential_round(cfg, dataset, sample_users)
-    report(f"{label}: timing the in-process engine")
-    local = time_rounds(cfg.replace(backend="local", shards=1), dataset, rounds)
+    report(f"{label}: timing the sequential one-user-at-a-time loop on up to {sample_users} users (one thread)")
+    with one_thread():
+        sequential = time_sequential_round(cfg, dataset, sample_users)
+        report(f"{label}: timing the in-process engine (one thread)")
+        local = time_rounds(cfg.replace(backend="local", shards=1), dataset, rounds)
+    speedup = sequential["sequential_seconds_per_round"] / ray_side["seconds_per_round"]
     return {
         "dataset": dataset.name, "backbone": cfg.model.backbone, "variant": cfg.model.variant, "users": dataset.n_users,
         "local_epochs": cfg.client.local_epochs, "rounds_timed": rounds,
         "seconds_per_round": ray_side["seconds_per_round"],
         "sequential_seconds_per_round": sequential["sequential_seconds_per_round"],
-        "speedup": sequential["sequential_seconds_per_round"] / ray_side["seconds_per_round"],
+        "speedup": speedup, "speedup_per_shard": speedup / ray_side["shards"],
         "updates_per_second": ray_side["clients_per_round"] / ray_side["seconds_per_round"],
         "peak_rss_gb": ray_side["peak_rss_bytes"] / 1024**3,
         "shards": ray_side["shards"], "server_device": ray_side["server_device"],

@@ -28,6 +28,7 @@ def test_bench_prints_one_json_object_per_dataset(ray_local, tmp_path):
         assert isinstance(row[key], float) and row[key] > 0, key
     # the derived columns follow from the timings
     assert row["speedup"] == row["sequential_seconds_per_round"] / row["seconds_per_round"]
+    assert row["speedup_per_shard"] == row["speedup"] / 2
     assert row["updates_per_second"] == 300 / row["seconds_per_round"]
     # 5 users were timed one at a time and the loop extrapolated to all 300
     assert row["sequential_users_timed"] == 5 and row["sequential_extrapolated"] is True
@@ -44,3 +45,14 @@ def test_bench_times_several_user_counts_and_draws_the_scaling_plot(ray_local, t
     assert [row["users"] for row in rows] == [60, 120]
     assert plot.stat().st_size > 0
     assert "timing" in result.stderr, "progress is reported while the bench runs"
+
+
+def test_the_compared_loops_run_on_one_thread_and_the_caller_keeps_its_threads():
+    import torch
+
+    from fedvlr_sim.bench import one_thread
+
+    before = torch.get_num_threads()
+    with one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
