@@ -23,7 +23,7 @@ from fedvlr_sim.config import RunConfig, require_folder
 from fedvlr_sim.errors import FedVLRError
 from fedvlr_sim.reproduce.experiment import Cell, Choices, Experiment
 from fedvlr_sim.reproduce.grid import backbone_stage, best_on_valid, lr_stage, point_name
-from fedvlr_sim.reproduce.jobs import Job, load_cached
+from fedvlr_sim.reproduce.jobs import Job, finished, load_cached
 
 
 @dataclass(eq=False)
@@ -50,6 +50,11 @@ class Replicate:
         self.points += new
         self.jobs += jobs
         return jobs
+
+    @property
+    def done(self) -> bool:
+        """No run left to add, and every run's folder holds its outcome (a finished run on disk)."""
+        return self.complete and all(finished(job.run_dir) for job in self.jobs)
 
     def waiting(self, outcomes: dict[Path, dict]) -> bool:
         return any(job.run_dir not in outcomes for job in self.jobs)
