@@ -9,13 +9,18 @@ mean +- 95 % t-interval over the seeds.
     Q2 min rounds     KU; fedncf + ours; --min-rounds 0 vs 20; the Q1 server step
     Q3 fusion inputs  KU and synthetic:ku; fcf + ours; baseline vs
                       --center-features --view-norm rms --modality-views; the Q1 server step
+    Q4 view norm      KU: every backbone + ours; synthetic:ku: fcf + ours and fcf + mlp;
+                      baseline vs --view-norm rms alone; the Q1 server step, --min-rounds 20
+    Q5 each piece     KU and synthetic:ku; fcf + ours; baseline vs --center-features alone,
+                      --modality-views alone, --view-norm rms with --modality-views; as Q4
+    Q6 the pair       the cells of Q4; baseline vs --view-norm rms --modality-views; as Q4
 
 All runs: --rounds 40 --patience 10, seeds 0 1 2 unless told otherwise.
 
     python benchmarks/defaults_study.py --data-dir /tmp/study-data --runs-dir /tmp/study-runs \\
         --table docs/defaults_tables.md
 
-`--server-step auto` (the default for Q2/Q3) takes the Q1 server step with the higher mean VALID
+`--server-step auto` (the default for Q2-Q6) takes the Q1 server step with the higher mean VALID
 NDCG@50 over all Q1 cells and seeds (never test). Run folders are named by configuration, so a run
 shared by two questions (e.g. Q2's --min-rounds 0 is a Q1 cell) is trained once.
 Start it under `nice -n 10` on a shared machine; the children inherit the priority.
@@ -32,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +45,13 @@ SERVER_STEPS = {"sgd": ("sgd", 1.0), "adam": ("adam", 0.01)}
 SERVER_LABEL = {"sgd": "SGD 1.0", "adam": "Adam 0.01"}
 # two-sided 95 % Student t quantiles by degrees of freedom
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-FUSION_FLAGS = ["--center-features", "--view-norm", "rms", "--modality-views"]
+# the fusion-input settings a run can take, by the name its folder carries
+FUSION_SETTINGS = {"base": [], "fusion3": ["--center-features", "--view-norm", "rms", "--modality-views"],
+                   "viewnorm": ["--view-norm", "rms"], "center": ["--center-features"],
+                   "modviews": ["--modality-views"], "viewnorm-modviews": ["--view-norm", "rms", "--modality-views"]}
+FUSION_LABEL = {"base": "baseline", "fusion3": "all three", "viewnorm": "--view-norm rms",
+                "center": "--center-features", "modviews": "--modality-views",
+                "viewnorm-modviews": "--view-norm rms --modality-views"}
 
 
 @dataclass(frozen=True)
@@ -50,13 +62,13 @@ class Run:
     server: str          # key of SERVER_STEPS
     seed: int
     min_rounds: int = 0
-    fusion: bool = False  # the three fusion-input amendments together
+    fusion: str = "base"  # a key of FUSION_SETTINGS
 
     @property
     def name(self) -> str:
         ds = self.dataset.replace(":", "_")
         return (f"{ds}-{self.backbone}-{self.variant}-{self.server}-mr{self.min_rounds}"
-                f"-{'fusion3' if self.fusion else 'base'}-s{self.seed}")
+                f"-{self.fusion}-s{self.seed}")
 
     def args(self, data_dir: str, rounds: int, patience: int, out: Path) -> list[str]:
         opt, lr = SERVER_STEPS[self.server]
@@ -66,16 +78,15 @@ class Run:
                 "--backend", "local", "--checkpoint-every", "0", "--out", str(out)]
         if not self.dataset.startswith("synthetic:"):
             args += ["--data-dir", data_dir]
-        if self.fusion:
-            args += FUSION_FLAGS
-        return args
+        return args + FUSION_SETTINGS[self.fusion]
 
     def expected_config(self, rounds: int, patience: int) -> dict:
         opt, lr = SERVER_STEPS[self.server]
+        flags = FUSION_SETTINGS[self.fusion]
         return {"dataset": self.dataset, "backbone": self.backbone, "variant": self.variant, "lr": 0.1,
                 "server_optimizer": opt, "server_lr": lr, "rounds": rounds, "patience": patience,
-                "min_rounds": self.min_rounds, "seed": self.seed, "center_features": self.fusion,
-                "view_norm": "rms" if self.fusion else "none", "modality_views": self.fusion}
+                "min_rounds": self.min_rounds, "seed": self.seed, "center_features": "--center-features" in flags,
+                "view_norm": "rms" if "rms" in flags else "none", "modality_views": "--modality-views" in flags}
 
 
 def q1_runs(seeds, backbones):
@@ -88,8 +99,28 @@ def q2_runs(seeds, server):
 
 
 def q3_runs(seeds, server):
-    return [Run(ds, "fcf", "ours", server, seed, fusion=f) for ds in ("KU", "synthetic:ku") for f in (False, True)
+    return [Run(ds, "fcf", "ours", server, seed, fusion=f) for ds in ("KU", "synthetic:ku") for f in ("base", "fusion3")
             for seed in seeds]
+
+
+Q4_CELLS = [("KU", b, "ours") for b in ("fcf", "fedavg", "fedncf", "pfedrec", "fedrap")] + \
+           [("synthetic:ku", "fcf", "ours"), ("synthetic:ku", "fcf", "mlp")]
+
+
+def q4_runs(seeds, server, cells=Q4_CELLS, settings=("viewnorm",)):
+    return [Run(ds, b, v, server, seed, min_rounds=20, fusion=f) for ds, b, v in cells
+            for f in ("base", *settings) for seed in seeds]
+
+
+Q5_SETTINGS = ("center", "modviews", "viewnorm-modviews")
+
+
+def q5_runs(seeds, server):
+    return q4_runs(seeds, server, [("KU", "fcf", "ours"), ("synthetic:ku", "fcf", "ours")], Q5_SETTINGS)
+
+
+def q6_runs(seeds, server):
+    return q4_runs(seeds, server, settings=("viewnorm-modviews",))
 
 
 # ---------------------------------------------------------------------------------------- running
@@ -101,40 +132,44 @@ class Runner:
     rounds: int
     patience: int
     dry_run: bool = False
+    jobs: int = 1
     notes: list = field(default_factory=list)
 
     def folder(self, run: Run) -> Path:
         return self.runs_dir / run.name
 
     def ensure(self, runs: list[Run]) -> None:
+        """Train every run without a summary.json, `jobs` at a time (each run one thread)."""
         todo = [r for r in runs if not (self.folder(r) / "summary.json").exists()]
         print(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to train", flush=True)
-        for i, run in enumerate(todo, 1):
-            out = self.folder(run)
-            cmd = [self.exe, *run.args(self.data_dir, self.rounds, self.patience, out)]
-            print(f"[{i}/{len(todo)}] {run.name}", flush=True)
-            if self.dry_run:
-                print("   ", " ".join(cmd))
-                continue
-            if out.exists():  # an interrupted run of ours: train it again from scratch
-                shutil.rmtree(out)
-            log = self.runs_dir / "logs" / f"{run.name}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            t0 = time.monotonic()
-            with log.open("w") as fh:
-                rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
-            took = time.monotonic() - t0
-            if (out / "summary.json").exists():
-                msg = f"    done in {took:.0f} s"
-                if rc != 0:
-                    note = (f"{run.name}: exit {rc} after summary.json was written (see {log}); "
-                            "results used")
-                    self.notes.append(note)
-                    msg += f" (exit {rc} after summary.json: {log})"
-                print(msg, flush=True)
-            else:
-                self.notes.append(f"{run.name}: FAILED, exit {rc}, no summary.json (see {log})")
-                print(f"    FAILED (exit {rc}), see {log}", flush=True)
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            list(pool.map(self._train, range(1, len(todo) + 1), todo, [len(todo)] * len(todo)))
+
+    def _train(self, i: int, run: Run, total: int) -> None:
+        out = self.folder(run)
+        cmd = [self.exe, *run.args(self.data_dir, self.rounds, self.patience, out)]
+        print(f"[{i}/{total}] {run.name}", flush=True)
+        if self.dry_run:
+            print("   ", " ".join(cmd))
+            return
+        if out.exists():  # an interrupted run of ours: train it again from scratch
+            shutil.rmtree(out)
+        log = self.runs_dir / "logs" / f"{run.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        with log.open("w") as fh:
+            env = os.environ | ({"OMP_NUM_THREADS": "1"} if self.jobs > 1 else {})
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+        took = time.monotonic() - t0
+        if (out / "summary.json").exists():
+            msg = f"    {run.name} done in {took:.0f} s"
+            if rc != 0:
+                self.notes.append(f"{run.name}: exit {rc} after summary.json was written (see {log}); results used")
+                msg += f" (exit {rc} after summary.json: {log})"
+            print(msg, flush=True)
+        else:
+            self.notes.append(f"{run.name}: FAILED, exit {rc}, no summary.json (see {log})")
+            print(f"    {run.name} FAILED (exit {rc}), see {log}", flush=True)
 
     def load(self, run: Run) -> dict | None:
         path = self.folder(run) / "summary.json"
@@ -295,37 +330,67 @@ def q2_table(runner: Runner, seeds, server, why) -> str:
 
 
 def q3_table(runner: Runner, seeds, server, why) -> str:
-    out = [f"### Q3: fusion inputs (fcf + ours, {SERVER_LABEL[server]}, 40 rounds, patience 10)", "",
-           f"Server step {why}. 'all three' = `{' '.join(FUSION_FLAGS)}`.", "", HEAD]
-    spear = ["", "modality_spearman on synthetic:ku (Spearman across users of measured reliance vs planted weight):",
-             "", "| setting | vision | text | id | mean |", "|---|---|---|---|---|"]
-    diffs = ["", "Paired difference all three - baseline per seed (points; * = interval excludes 0):", "",
-             "| dataset | Δ test HR@50 | Δ test NDCG@50 | Δ valid NDCG@50 |", "|---|---|---|---|"]
-    refs = []
-    for ds in ("KU", "synthetic:ku"):
-        per = {}
-        for f in (False, True):
-            sums = loaded(runner, [r for r in q3_runs(seeds, server) if r.dataset == ds and r.fusion == f])
-            per[f] = sums
-            label = "all three" if f else "baseline"
-            if sums:
-                out.append(row(f"{ds} fcf + ours", label, cell(sums)))
-                if ds.startswith("synthetic:"):
-                    sp = [s.get("modality_spearman") or {} for s in sums]
-                    spear.append(f"| {label} | " + " | ".join(
-                        fmt([x[k] for x in sp if k in x], scale=1.0, digits=3) for k in ("vision", "text", "id", "mean"))
-                        + " |")
-        if per[False] and len(per[False]) == len(per[True]):
-            a, z = per[False], per[True]
+    flags = " ".join(FUSION_SETTINGS["fusion3"])
+    return fusion_table(runner, q3_runs(seeds, server), ("fusion3",),
+                        f"### Q3: fusion inputs (fcf + ours, {SERVER_LABEL[server]}, 40 rounds, patience 10)",
+                        f"Server step {why}. 'all three' = `{flags}`.")
+
+
+def q4_table(runner: Runner, seeds, server, why) -> str:
+    return fusion_table(runner, q4_runs(seeds, server), ("viewnorm",),
+                        f"### Q4: `--view-norm rms` alone ({SERVER_LABEL[server]}, client lr 0.1, 40 rounds, "
+                        "patience 10 counted after round 20)", f"Server step {why}.")
+
+
+def q5_table(runner: Runner, seeds, server, why) -> str:
+    return fusion_table(runner, q5_runs(seeds, server), Q5_SETTINGS,
+                        f"### Q5: each fusion-input piece (fcf + ours, {SERVER_LABEL[server]}, client lr 0.1, 40 "
+                        "rounds, patience 10 counted after round 20)", f"Server step {why}.")
+
+
+def q6_table(runner: Runner, seeds, server, why) -> str:
+    return fusion_table(runner, q6_runs(seeds, server), ("viewnorm-modviews",),
+                        f"### Q6: `--view-norm rms --modality-views` on every cell of Q4 ({SERVER_LABEL[server]}, "
+                        "client lr 0.1, 40 rounds, patience 10 counted after round 20)", f"Server step {why}.")
+
+
+def fusion_table(runner: Runner, runs: list[Run], settings: tuple[str, ...], title: str, note: str) -> str:
+    """Baseline against each fusion-input setting, cell by cell (dataset, backbone, variant), with
+    paired per-seed differences and, on planted worlds, modality_spearman."""
+    out = [title, "", note, "", HEAD]
+    spear = ["", "modality_spearman on synthetic:ku (Spearman across users of measured reliance share vs planted "
+             "weight):", "", "| cell | setting | vision | text | id | mean |", "|---|---|---|---|---|---|"]
+    diffs = ["", "Paired difference setting - baseline per seed (points; * = interval excludes 0):", "",
+             "| cell | setting | Δ test HR@50 | Δ test NDCG@50 | Δ valid NDCG@50 |", "|---|---|---|---|---|"]
+    refs = {}
+    cells = list(dict.fromkeys((r.dataset, r.backbone, r.variant) for r in runs))
+    for ds, b, v in cells:
+        name = f"{ds} {b} + {v}"
+        per = {f: loaded(runner, [r for r in runs if (r.dataset, r.backbone, r.variant, r.fusion) == (ds, b, v, f)])
+               for f in ("base", *settings)}
+        for f, sums in per.items():
+            if not sums:
+                continue
+            out.append(row(name, FUSION_LABEL[f], cell(sums)))
+            refs.setdefault(ds, []).extend(sums)
             if ds.startswith("synthetic:"):
-                spear.append("| Δ all three - baseline (paired, * = interval excludes 0) | "
+                sp = [s.get("modality_spearman") or {} for s in sums]
+                spear.append(f"| {name} | {FUSION_LABEL[f]} | " + " | ".join(
+                    fmt([x[k] for x in sp if k in x], scale=1.0, digits=3) for k in ("vision", "text", "id", "mean"))
+                    + " |")
+        for setting in settings:
+            a, z, label = per["base"], per[setting], FUSION_LABEL[setting]
+            if not a or len(a) != len(z):
+                continue
+            if ds.startswith("synthetic:"):
+                spear.append(f"| {name} | Δ {label} - baseline (paired) | "
                              + " | ".join(_paired_raw(a, z, k) for k in ("vision", "text", "id", "mean")) + " |")
-            diffs.append(f"| {ds} | {paired(a, z, lambda s: s['test']['hr@50'])} | "
+            diffs.append(f"| {name} | {label} | {paired(a, z, lambda s: s['test']['hr@50'])} | "
                          f"{paired(a, z, lambda s: s['test']['ndcg@50'])} | "
                          f"{paired(a, z, lambda s: s['valid']['ndcg@50'])} |")
-        if per[False] or per[True]:
-            refs.append(f"{ds}: {references(per[False] + per[True])}")
-    out += ["", "References (test HR@50 / NDCG@50): " + ". ".join(refs) + "."] if refs else []
+    if refs:
+        out += ["", "References (test HR@50 / NDCG@50): "
+                + ". ".join(f"{ds}: {references(sums)}" for ds, sums in refs.items()) + "."]
     return "\n".join(out + diffs + spear)
 
 
@@ -352,11 +417,11 @@ def machine() -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--questions", nargs="+", default=["q1", "q2", "q3"], choices=["q1", "q2", "q3"])
+    p.add_argument("--questions", nargs="+", default=["q1", "q2", "q3"], choices=["q1", "q2", "q3", "q4", "q5", "q6"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--backbones", nargs="+", default=["fcf", "fedavg", "fedncf"], help="Q1 backbones")
     p.add_argument("--server-step", default="auto", choices=["auto", "sgd", "adam"],
-                   help="server step for Q2/Q3 (auto: the Q1 winner on valid NDCG@50)")
+                   help="server step for Q2-Q6 (auto: the Q1 winner on valid NDCG@50)")
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--data-dir", default="data", help="prepared datasets (KU must be prepared there)")
@@ -364,6 +429,7 @@ def main(argv=None) -> int:
     p.add_argument("--table", type=Path, help="also write the Markdown tables to this file")
     p.add_argument("--report-only", action="store_true", help="train nothing; tabulate the finished runs")
     p.add_argument("--dry-run", action="store_true", help="print the commands of the missing runs")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (each on one thread when above 1)")
     args = p.parse_args(argv)
 
     exe = Path(sys.executable).with_name("fedvlr-sim")
@@ -371,7 +437,8 @@ def main(argv=None) -> int:
     if not exe:
         raise SystemExit("error: fedvlr-sim not found beside this Python or on PATH")
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    runner = Runner(exe, args.data_dir, args.runs_dir, args.rounds, args.patience, dry_run=args.dry_run)
+    runner = Runner(exe, args.data_dir, args.runs_dir, args.rounds, args.patience, dry_run=args.dry_run,
+                    jobs=args.jobs)
     train = not args.report_only
     qs = set(args.questions)
 
@@ -380,7 +447,7 @@ def main(argv=None) -> int:
         if train:
             runner.ensure(q1_runs(args.seeds, args.backbones))
         sections.append(q1_table(runner, args.seeds, args.backbones))
-    if qs & {"q2", "q3"}:
+    if qs & {"q2", "q3", "q4", "q5", "q6"}:
         if args.server_step == "auto":
             if args.dry_run and not loaded(runner, q1_runs(args.seeds, args.backbones)):
                 server, why = "adam", "(dry run: Q1 not trained, adam shown)"
@@ -388,7 +455,7 @@ def main(argv=None) -> int:
                 server, why = choose_server(runner, args.seeds, args.backbones)
         else:
             server, why = args.server_step, "given by --server-step"
-        print(f"server step for Q2/Q3: {SERVER_LABEL[server]} ({why})", flush=True)
+        print(f"server step for Q2-Q6: {SERVER_LABEL[server]} ({why})", flush=True)
         if "q2" in qs:
             if train:
                 runner.ensure(q2_runs(args.seeds, server))
@@ -397,6 +464,18 @@ def main(argv=None) -> int:
             if train:
                 runner.ensure(q3_runs(args.seeds, server))
             sections.append(q3_table(runner, args.seeds, server, why))
+        if "q4" in qs:
+            if train:
+                runner.ensure(q4_runs(args.seeds, server))
+            sections.append(q4_table(runner, args.seeds, server, why))
+        if "q5" in qs:
+            if train:
+                runner.ensure(q5_runs(args.seeds, server))
+            sections.append(q5_table(runner, args.seeds, server, why))
+        if "q6" in qs:
+            if train:
+                runner.ensure(q6_runs(args.seeds, server))
+            sections.append(q6_table(runner, args.seeds, server, why))
     if args.dry_run:
         return 0
     header = [f"Seeds {' '.join(map(str, args.seeds))}; values are mean ± 95 % t-interval over the seeds "

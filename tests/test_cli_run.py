@@ -117,7 +117,7 @@ def test_per_round_metrics_and_selection_on_valid(finished):
 def test_router_weights_are_one_mixture_per_user(finished):
     out, _ = finished
     weights = np.load(out / "router_weights.npy")
-    assert weights.shape == (300, 3)   # one weight per view (sum, mlp, gate) for each user
+    assert weights.shape == (300, 6)   # one weight per view (sum, mlp, gate, x_v, x_c, x_d) for each user
     assert (weights >= 0).all()
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
 

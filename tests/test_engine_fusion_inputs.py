@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedvlr_sim.config import RunConfig
+from fedvlr_sim.config import PRESETS, RunConfig
 from fedvlr_sim.engine.callbacks import BestRound, EarlyStopping
 from fedvlr_sim.engine.fusion import Fusion
 from fedvlr_sim.engine.simulation import local_federation
@@ -18,7 +18,8 @@ N_ITEMS, FEAT, D = 12, 6, 8
 
 
 def _fusion(**options):
-    cfg = RunConfig.create(variant="ours", dim=D, **options)
+    """+ours fusion with the paper's three raw views unless `options` choose otherwise."""
+    cfg = RunConfig.create(variant="ours", dim=D, **({"view_norm": "none", "modality_views": False} | options))
     g = torch.Generator().manual_seed(0)
     shift = torch.full((FEAT,), 3.0)   # a dominant common direction, as real CLIP rows have
     v, c = torch.randn(N_ITEMS, FEAT, generator=g) + shift, torch.randn(N_ITEMS, FEAT, generator=g) + shift
@@ -45,6 +46,16 @@ def test_modality_views_follow_the_operator_views():
     x_v = torch.layer_norm(fusion.vision @ linear.weight.T + linear.bias, (D,), norm.weight, norm.bias)
     torch.testing.assert_close(views[3], x_v)
     torch.testing.assert_close(views[5], fusion.ids)
+
+
+def test_by_default_the_router_mixes_six_unit_rms_views_and_the_paper_preset_three_raw_ones():
+    """docs/defaults.md (Q4-Q6): normalised views with modality-only views beside them are the default."""
+    default = RunConfig.create(variant="ours").model
+    assert (default.view_norm, default.modality_views, default.variant_def.n_views) == ("rms", True, 6)
+    views = _fusion(view_norm="rms", modality_views=True)()   # (the 1e-6 guard shows on the small ID rows)
+    torch.testing.assert_close(views.pow(2).mean(dim=2), torch.ones(6, N_ITEMS), atol=1e-3, rtol=0)
+    paper = RunConfig.create(variant="ours", **PRESETS["paper"]).model
+    assert (paper.view_norm, paper.variant_def.n_views) == ("none", 3)
 
 
 def test_modality_views_are_for_the_router_only():

@@ -37,7 +37,7 @@ def trained_ours(dataset):
 
 def test_router_weights_are_a_distribution_over_views_per_user(trained_ours, dataset):
     weights = trained_ours.pool.router_weights(trained_ours.server.publish())
-    assert weights.shape == (dataset.n_users, 3)
+    assert weights.shape == (dataset.n_users, 6)   # sum, mlp, gate and the three modality views
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-6)
     assert (weights > 0).all()
 

@@ -67,5 +67,5 @@ def test_the_compared_results_are_not_degenerate(local_outcomes):
     sampled = local_outcomes["pfedrec+none sampled"].history
     assert all(r.clients == 150 for r in sampled)
     router = np.asarray(local_outcomes["fedrap+ours"].router_weights)
-    assert router.shape == (300, 3)
+    assert router.shape == (300, 6)
     np.testing.assert_allclose(router.sum(axis=1), 1.0, atol=1e-5)

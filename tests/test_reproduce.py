@@ -89,6 +89,22 @@ def test_table5_writes_rows_and_intervals_and_resumes(tmp_path, counted_runs):
     assert result.exit_code == 2 and "dim=8" in result.output
 
 
+def test_a_plain_run_is_kept_whatever_fusion_input_choice_it_was_made_under(tmp_path, counted_runs):
+    """--view-norm does not apply to a plain run, so changing it (or its default) keeps the
+    plain runs of a folder; a fusion run made under the other choice is refused in one line."""
+    from fedvlr_sim.errors import FedVLRError
+
+    tiny = dict(dataset="synthetic:tiny", data_dir=str(tmp_path), backend="local", dim=8, rounds=1, local_epochs=1,
+                checkpoint_every=0)
+    for variant in ("none", "ours"):
+        jobs.run_job(jobs.Job(RunConfig.create(**tiny, variant=variant, view_norm="none"), tmp_path / variant))
+    counted_runs.clear()
+    jobs.run_job(jobs.Job(RunConfig.create(**tiny, variant="none", view_norm="rms"), tmp_path / "none"))
+    assert counted_runs == []
+    with pytest.raises(FedVLRError, match="view_norm='none', not 'rms'"):
+        jobs.run_job(jobs.Job(RunConfig.create(**tiny, variant="ours", view_norm="rms"), tmp_path / "ours"))
+
+
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     cfg = RunConfig.create(dataset="synthetic:tiny", data_dir=str(tmp_path), backend="local", variant="none", dim=8,
                            rounds=2, local_epochs=1, checkpoint_every=1)

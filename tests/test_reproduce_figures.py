@@ -138,8 +138,8 @@ def _layer_norm(z, gain, bias):
 
 
 def _views(w: dict) -> tuple[np.ndarray, dict]:
-    """(the +ours views sum, mlp, gate; the inputs x_v, x_c, x_d) from the checkpoint's server
-    tensors, in numpy."""
+    """(the default +ours views: sum, mlp, gate, x_v, x_c, x_d, each at unit RMS per item; the
+    inputs x_v, x_c, x_d) from the checkpoint's server tensors, in numpy."""
     def linear(x, name):
         return x @ w[f"model/fusion.{name}.weight"].T + w[f"model/fusion.{name}.bias"]
 
@@ -150,7 +150,8 @@ def _views(w: dict) -> tuple[np.ndarray, dict]:
     hidden = np.maximum(linear(np.maximum(linear(stacked, "mlp.0"), 0), "mlp.2"), 0)
     gates = np.split(1 / (1 + np.exp(-linear(stacked, "gate"))), 3, axis=1)
     gate = gates[0] * x["vision"] + gates[1] * x["text"] + gates[2] * x["id"]
-    return np.stack([x["vision"] + x["text"] + x["id"], linear(hidden, "mlp.4"), gate]), x
+    views = np.stack([x["vision"] + x["text"] + x["id"], linear(hidden, "mlp.4"), gate, x["vision"], x["text"], x["id"]])
+    return views / np.sqrt((views ** 2).mean(axis=2, keepdims=True) + 1e-6), x
 
 
 def test_fig10_projects_the_trained_servers_embeddings_and_two_users_views(tmp_path):

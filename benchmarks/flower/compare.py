@@ -48,6 +48,7 @@ def fedvlr_command() -> list[str]:
 def time_fedvlr(sizes: list[int], rounds: int, work: Path, shards: int) -> dict[int, dict]:
     """`fedvlr-sim bench` at every size in one call; its JSON rows by users."""
     command = [*fedvlr_command(), "bench", "--dataset", DATASET, "--backbone", "fcf", "--variant", "ours",
+               "--view-norm", "none", "--no-modality-views",   # the paper's three views, as export_data.py
                "--rounds", rounds, "--json", "--data-dir", work, "--plot", work / "fedvlr_scaling.png",
                "--shards", shards]
     for n in sizes:

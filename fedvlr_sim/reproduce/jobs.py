@@ -80,13 +80,21 @@ def _check_same_experiment(job: Job) -> None:
     saved_file = job.run_dir / CONFIG_FILE
     if not saved_file.is_file():
         return
-    saved = RunConfig.from_file(saved_file).flat()
-    wanted = job.cfg.flat()
+    saved = _applied(RunConfig.from_file(saved_file))
+    wanted = _applied(job.cfg)
     changed = sorted(k for k in wanted if k not in PLACEMENT and saved.get(k) != wanted[k])
     if changed:
         key = changed[0]
         raise FedVLRError(f"{job.run_dir} holds a run with {key}={saved.get(key)!r}, not {wanted[key]!r}: choose "
                           f"another --out (or repeat the options it was started with)")
+
+
+def _applied(cfg: RunConfig) -> dict:
+    """cfg's flat options with the fusion-input choices as its variant applies them (a plain
+    run ignores --view-norm, so a plain run made under another default is the same run)."""
+    variant = cfg.model.variant_def
+    return cfg.flat() | {"center_features": variant.center_features, "view_norm": variant.view_norm,
+                         "modality_views": variant.modality_views}
 
 
 def _clear(run_dir: Path) -> None:
