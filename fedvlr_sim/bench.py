@@ -97,7 +97,7 @@ def bench(cfg: RunConfig, dataset, rounds: int = 2, sample_users: int = 200,
     speedup = sequential["sequential_seconds_per_round"] / ray_side["seconds_per_round"]
     return {
         "dataset": dataset.name, "backbone": cfg.model.backbone, "variant": cfg.model.variant, "users": dataset.n_users,
-        "local_epochs": cfg.client.local_epochs, "rounds_timed": rounds,
+        "views": cfg.model.variant_def.n_views, "local_epochs": cfg.client.local_epochs, "rounds_timed": rounds,
         "seconds_per_round": ray_side["seconds_per_round"],
         "sequential_seconds_per_round": sequential["sequential_seconds_per_round"],
         "speedup": speedup, "speedup_per_shard": speedup / ray_side["shards"],

@@ -385,7 +385,8 @@ def print_grid(sweep: dict, metric: str) -> None:
 
 @app.command()
 @user_errors
-@config_options(include=("backbone", "variant", "local_epochs", "shards", "address", "data_dir"))
+@config_options(include=("backbone", "variant", "view_norm", "modality_views", "local_epochs", "shards", "address",
+                         "data_dir"))
 def bench(
     options: dict,
     dataset: list[str] = typer.Option(["synthetic:ku", "synthetic:movie"], help="Datasets to time (repeatable)."),
@@ -421,7 +422,8 @@ def _print_bench_row(row: dict, json_output: bool) -> None:
         return
     note = (f" (sequential: {row['sequential_users_timed']} users timed, extrapolated)"
             if row["sequential_extrapolated"] else "")
-    typer.echo(f"{row['dataset']} {row['backbone']}+{row['variant']}, {row['users']} users, A={row['local_epochs']}, "
+    typer.echo(f"{row['dataset']} {row['backbone']}+{row['variant']} ({row['views']} views), {row['users']} users, "
+               f"A={row['local_epochs']}, "
                f"{row['shards']} shards: {row['seconds_per_round']:.3f} s/round on Ray "
                f"({row['updates_per_second']:.0f} client updates/s), {row['local_seconds_per_round']:.3f} s/round "
                f"in-process (one thread), sequential loop (one thread) {row['sequential_seconds_per_round']:.2f} "

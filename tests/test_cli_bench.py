@@ -22,7 +22,7 @@ def test_bench_prints_one_json_object_per_dataset(ray_local, tmp_path):
     assert len(lines) == 1, result.stdout
     row = json.loads(lines[0])
 
-    assert (row["dataset"], row["backbone"], row["variant"]) == ("synthetic:tiny", "fcf", "ours")
+    assert (row["dataset"], row["backbone"], row["variant"], row["views"]) == ("synthetic:tiny", "fcf", "ours", 6)
     assert row["users"] == 300 and row["shards"] == 2
     for key in POSITIVE:
         assert isinstance(row[key], float) and row[key] > 0, key
@@ -39,10 +39,12 @@ def test_bench_times_several_user_counts_and_draws_the_scaling_plot(ray_local, t
     plot = tmp_path / "scaling.png"
     result = CliRunner().invoke(app, ["bench", "--dataset", "synthetic:tiny", "--users", "60", "--users", "120",
                                       "--rounds", "1", "--sample-users", "3", "--local-epochs", "1", "--shards", "2",
+                                      "--view-norm", "none", "--no-modality-views",
                                       "--data-dir", str(tmp_path), "--plot", str(plot), "--json"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert [row["users"] for row in rows] == [60, 120]
+    assert {row["views"] for row in rows} == {3}, "the paper's three views, as asked"
     assert plot.stat().st_size > 0
     assert "timing" in result.stderr, "progress is reported while the bench runs"
 
