@@ -394,6 +394,11 @@ def fusion_table(runner: Runner, runs: list[Run], settings: tuple[str, ...], tit
     return "\n".join(out + diffs + spear)
 
 
+# the questions after Q1, which take its server step: their runs and their table, in order
+LATER_QUESTIONS = {"q2": (q2_runs, q2_table), "q3": (q3_runs, q3_table), "q4": (q4_runs, q4_table),
+                   "q5": (q5_runs, q5_table), "q6": (q6_runs, q6_table)}
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -417,7 +422,7 @@ def machine() -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--questions", nargs="+", default=["q1", "q2", "q3"], choices=["q1", "q2", "q3", "q4", "q5", "q6"])
+    p.add_argument("--questions", nargs="+", default=["q1", "q2", "q3"], choices=["q1", *LATER_QUESTIONS])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--backbones", nargs="+", default=["fcf", "fedavg", "fedncf"], help="Q1 backbones")
     p.add_argument("--server-step", default="auto", choices=["auto", "sgd", "adam"],
@@ -447,7 +452,7 @@ def main(argv=None) -> int:
         if train:
             runner.ensure(q1_runs(args.seeds, args.backbones))
         sections.append(q1_table(runner, args.seeds, args.backbones))
-    if qs & {"q2", "q3", "q4", "q5", "q6"}:
+    if qs & set(LATER_QUESTIONS):
         if args.server_step == "auto":
             if args.dry_run and not loaded(runner, q1_runs(args.seeds, args.backbones)):
                 server, why = "adam", "(dry run: Q1 not trained, adam shown)"
@@ -456,26 +461,11 @@ def main(argv=None) -> int:
         else:
             server, why = args.server_step, "given by --server-step"
         print(f"server step for Q2-Q6: {SERVER_LABEL[server]} ({why})", flush=True)
-        if "q2" in qs:
-            if train:
-                runner.ensure(q2_runs(args.seeds, server))
-            sections.append(q2_table(runner, args.seeds, server, why))
-        if "q3" in qs:
-            if train:
-                runner.ensure(q3_runs(args.seeds, server))
-            sections.append(q3_table(runner, args.seeds, server, why))
-        if "q4" in qs:
-            if train:
-                runner.ensure(q4_runs(args.seeds, server))
-            sections.append(q4_table(runner, args.seeds, server, why))
-        if "q5" in qs:
-            if train:
-                runner.ensure(q5_runs(args.seeds, server))
-            sections.append(q5_table(runner, args.seeds, server, why))
-        if "q6" in qs:
-            if train:
-                runner.ensure(q6_runs(args.seeds, server))
-            sections.append(q6_table(runner, args.seeds, server, why))
+        for name, (runs, table) in LATER_QUESTIONS.items():
+            if name in qs:
+                if train:
+                    runner.ensure(runs(args.seeds, server))
+                sections.append(table(runner, args.seeds, server, why))
     if args.dry_run:
         return 0
     header = [f"Seeds {' '.join(map(str, args.seeds))}; values are mean ± 95 % t-interval over the seeds "
