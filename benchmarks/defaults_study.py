@@ -45,10 +45,14 @@ SERVER_STEPS = {"sgd": ("sgd", 1.0), "adam": ("adam", 0.01)}
 SERVER_LABEL = {"sgd": "SGD 1.0", "adam": "Adam 0.01"}
 # two-sided 95 % Student t quantiles by degrees of freedom
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-# the fusion-input settings a run can take, by the name its folder carries
-FUSION_SETTINGS = {"base": [], "fusion3": ["--center-features", "--view-norm", "rms", "--modality-views"],
-                   "viewnorm": ["--view-norm", "rms"], "center": ["--center-features"],
-                   "modviews": ["--modality-views"], "viewnorm-modviews": ["--view-norm", "rms", "--modality-views"]}
+# the fusion-input settings a run can take, by the name its folder carries; each names all three
+# choices, so a setting means the same runs whatever the package defaults are ("base" is the paper's
+# three raw views, the default until Q6)
+RAW, PAPER_VIEWS = ["--view-norm", "none"], ["--no-modality-views"]
+FUSION_SETTINGS = {"base": RAW + PAPER_VIEWS,
+                   "fusion3": ["--center-features", "--view-norm", "rms", "--modality-views"],
+                   "viewnorm": ["--view-norm", "rms"] + PAPER_VIEWS, "center": ["--center-features"] + RAW + PAPER_VIEWS,
+                   "modviews": RAW + ["--modality-views"], "viewnorm-modviews": ["--view-norm", "rms", "--modality-views"]}
 FUSION_LABEL = {"base": "baseline", "fusion3": "all three", "viewnorm": "--view-norm rms",
                 "center": "--center-features", "modviews": "--modality-views",
                 "viewnorm-modviews": "--view-norm rms --modality-views"}
