@@ -45,14 +45,13 @@ SERVER_STEPS = {"sgd": ("sgd", 1.0), "adam": ("adam", 0.01)}
 SERVER_LABEL = {"sgd": "SGD 1.0", "adam": "Adam 0.01"}
 # two-sided 95 % Student t quantiles by degrees of freedom
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-# the fusion-input settings a run can take, by the name its folder carries; each names all three
-# choices, so a setting means the same runs whatever the package defaults are ("base" is the paper's
-# three raw views, the default until Q6)
-RAW, PAPER_VIEWS = ["--view-norm", "none"], ["--no-modality-views"]
-FUSION_SETTINGS = {"base": RAW + PAPER_VIEWS,
-                   "fusion3": ["--center-features", "--view-norm", "rms", "--modality-views"],
-                   "viewnorm": ["--view-norm", "rms"] + PAPER_VIEWS, "center": ["--center-features"] + RAW + PAPER_VIEWS,
-                   "modviews": RAW + ["--modality-views"], "viewnorm-modviews": ["--view-norm", "rms", "--modality-views"]}
+# the fusion-input settings a run can take, by the name its folder carries: (center_features,
+# view_norm, modality_views). Each names all three choices and the run passes all three, so a
+# setting means the same runs whatever the package defaults are ("base" is the paper's three raw
+# views, the default until Q6).
+FUSION_SETTINGS = {"base": (False, "none", False), "fusion3": (True, "rms", True), "viewnorm": (False, "rms", False),
+                   "center": (True, "none", False), "modviews": (False, "none", True),
+                   "viewnorm-modviews": (False, "rms", True)}
 FUSION_LABEL = {"base": "baseline", "fusion3": "all three", "viewnorm": "--view-norm rms",
                 "center": "--center-features", "modviews": "--modality-views",
                 "viewnorm-modviews": "--view-norm rms --modality-views"}
@@ -82,15 +81,22 @@ class Run:
                 "--backend", "local", "--checkpoint-every", "0", "--out", str(out)]
         if not self.dataset.startswith("synthetic:"):
             args += ["--data-dir", data_dir]
-        return args + FUSION_SETTINGS[self.fusion]
+        return args + fusion_flags(self.fusion)
 
     def expected_config(self, rounds: int, patience: int) -> dict:
         opt, lr = SERVER_STEPS[self.server]
-        flags = FUSION_SETTINGS[self.fusion]
+        center, view_norm, modality_views = FUSION_SETTINGS[self.fusion]
         return {"dataset": self.dataset, "backbone": self.backbone, "variant": self.variant, "lr": 0.1,
                 "server_optimizer": opt, "server_lr": lr, "rounds": rounds, "patience": patience,
-                "min_rounds": self.min_rounds, "seed": self.seed, "center_features": "--center-features" in flags,
-                "view_norm": "rms" if "rms" in flags else "none", "modality_views": "--modality-views" in flags}
+                "min_rounds": self.min_rounds, "seed": self.seed, "center_features": center,
+                "view_norm": view_norm, "modality_views": modality_views}
+
+
+def fusion_flags(setting: str) -> list[str]:
+    """The `fedvlr-sim run` options of a fusion-input setting (centring is off unless named)."""
+    center, view_norm, modality_views = FUSION_SETTINGS[setting]
+    return ((["--center-features"] if center else []) + ["--view-norm", view_norm]
+            + ["--modality-views" if modality_views else "--no-modality-views"])
 
 
 def q1_runs(seeds, backbones):
@@ -334,7 +340,7 @@ def q2_table(runner: Runner, seeds, server, why) -> str:
 
 
 def q3_table(runner: Runner, seeds, server, why) -> str:
-    flags = " ".join(FUSION_SETTINGS["fusion3"])
+    flags = " ".join(fusion_flags("fusion3"))
     return fusion_table(runner, q3_runs(seeds, server), ("fusion3",),
                         f"### Q3: fusion inputs (fcf + ours, {SERVER_LABEL[server]}, 40 rounds, patience 10)",
                         f"Server step {why}. 'all three' = `{flags}`.")

@@ -191,12 +191,16 @@ ROLES = {"model": ModelConfig, "client": ClientConfig, "server": ServerConfig, "
          "launch": LaunchConfig}
 SEED_HELP = "Random seed (every draw is keyed by seed, round and user)."
 
+# The paper's fusion inputs: Sum, MLP and Gate of the raw inputs (the defaults since docs/defaults.md
+# Q6 are six unit-RMS views).
+PAPER_VIEWS = {"view_norm": "none", "modality_views": False}
+
 # Named option sets (`--preset NAME`), applied over the field defaults and under everything given.
 # `paper`: the method exactly as the paper states it (SPEC.md sections 5-7), without the amendments
 # of SPEC.md section 10 that the defaults may carry (docs/defaults.md gives the measurements).
 PRESETS = {
     "paper": {"server_optimizer": "sgd", "server_lr": 1.0, "lr": 0.1, "weight_decay": 0.0, "min_rounds": 0,
-              "center_features": False, "view_norm": "none", "modality_views": False},
+              "center_features": False, **PAPER_VIEWS},
 }
 
 

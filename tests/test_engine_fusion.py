@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedvlr_sim.config import RunConfig
+from fedvlr_sim.config import PAPER_VIEWS, RunConfig
 from fedvlr_sim.engine.fusion import Fusion
 
 N_ITEMS, FEAT, D = 10, 6, 8
@@ -22,7 +22,7 @@ def _features(seed=0):
 def _fusion(variant="ours", ablation=None, seed=0, vision=None, text=None):
     """The operators as SPEC section 2 states them: the paper's three raw views (no RMS
     normalisation, no modality-only views; tests/test_engine_fusion_inputs.py covers those)."""
-    cfg = RunConfig.create(variant=variant, dim=D, ablation=ablation or {}, view_norm="none", modality_views=False)
+    cfg = RunConfig.create(variant=variant, dim=D, ablation=ablation or {}, **PAPER_VIEWS)
     v, c = _features()
     return Fusion(cfg.model, N_ITEMS, v if vision is None else vision, c if text is None else text,
                   torch.Generator().manual_seed(seed))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedvlr_sim.config import PRESETS, RunConfig
+from fedvlr_sim.config import PAPER_VIEWS, PRESETS, RunConfig
 from fedvlr_sim.engine.callbacks import BestRound, EarlyStopping
 from fedvlr_sim.engine.fusion import Fusion
 from fedvlr_sim.engine.simulation import local_federation
@@ -19,7 +19,7 @@ N_ITEMS, FEAT, D = 12, 6, 8
 
 def _fusion(**options):
     """+ours fusion with the paper's three raw views unless `options` choose otherwise."""
-    cfg = RunConfig.create(variant="ours", dim=D, **({"view_norm": "none", "modality_views": False} | options))
+    cfg = RunConfig.create(variant="ours", dim=D, **(PAPER_VIEWS | options))
     g = torch.Generator().manual_seed(0)
     shift = torch.full((FEAT,), 3.0)   # a dominant common direction, as real CLIP rows have
     v, c = torch.randn(N_ITEMS, FEAT, generator=g) + shift, torch.randn(N_ITEMS, FEAT, generator=g) + shift

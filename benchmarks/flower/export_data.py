@@ -20,18 +20,16 @@ import numpy as np
 import torch
 
 from fedvlr_sim.bench import first_users
-from fedvlr_sim.config import RunConfig
+from fedvlr_sim.config import PAPER_VIEWS, RunConfig
 from fedvlr_sim.datasets import load_dataset
 from fedvlr_sim.engine.simulation import make_population, make_server, problem_of
 
 DATASET = "synthetic:movie"
-# the paper's three raw views (Sum, MLP, Gate), the workload docs/performance.md measured
-PAPER_VIEWS = {"view_norm": "none", "modality_views": False}
 
 
 def run_config() -> RunConfig:
-    """fedvlr-sim bench's configuration in compare.py: FCF+ours with the paper's three views, the
-    client and server defaults, seed 0."""
+    """fedvlr-sim bench's configuration in compare.py: FCF+ours with the paper's three views (the
+    workload docs/performance.md measured), the client and server defaults, seed 0."""
     return RunConfig.create(dataset=DATASET, backbone="fcf", variant="ours", sample_ratio=1.0, **PAPER_VIEWS)
 
 
