@@ -14,6 +14,9 @@ mean +- 95 % t-interval over the seeds.
     Q5 each piece     KU and synthetic:ku; fcf + ours; baseline vs --center-features alone,
                       --modality-views alone, --view-norm rms with --modality-views; as Q4
     Q6 the pair       the cells of Q4; baseline vs --view-norm rms --modality-views; as Q4
+    Q7 centred views  KU: every backbone + ours, fedncf + mlp; synthetic:ku: fedncf + ours and + mlp;
+                      --view-norm rms vs --view-norm center (both --modality-views); fedncf at
+                      --lr 1 (its lr on KU), the others at 0.1; otherwise as Q4
 
 All runs: --rounds 40 --patience 10, seeds 0 1 2 unless told otherwise.
 
@@ -51,10 +54,11 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 # views, the default until Q6).
 FUSION_SETTINGS = {"base": (False, "none", False), "fusion3": (True, "rms", True), "viewnorm": (False, "rms", False),
                    "center": (True, "none", False), "modviews": (False, "none", True),
-                   "viewnorm-modviews": (False, "rms", True)}
+                   "viewnorm-modviews": (False, "rms", True), "center-modviews": (False, "center", True)}
 FUSION_LABEL = {"base": "baseline", "fusion3": "all three", "viewnorm": "--view-norm rms",
                 "center": "--center-features", "modviews": "--modality-views",
-                "viewnorm-modviews": "--view-norm rms --modality-views"}
+                "viewnorm-modviews": "--view-norm rms --modality-views",
+                "center-modviews": "--view-norm center --modality-views"}
 
 
 @dataclass(frozen=True)
@@ -66,17 +70,19 @@ class Run:
     seed: int
     min_rounds: int = 0
     fusion: str = "base"  # a key of FUSION_SETTINGS
+    lr: float = 0.1       # the client lr
 
     @property
     def name(self) -> str:
         ds = self.dataset.replace(":", "_")
+        lr = "" if self.lr == 0.1 else f"-lr{self.lr:g}"
         return (f"{ds}-{self.backbone}-{self.variant}-{self.server}-mr{self.min_rounds}"
-                f"-{self.fusion}-s{self.seed}")
+                f"-{self.fusion}{lr}-s{self.seed}")
 
     def args(self, data_dir: str, rounds: int, patience: int, out: Path) -> list[str]:
         opt, lr = SERVER_STEPS[self.server]
         args = ["run", "--dataset", self.dataset, "--backbone", self.backbone, "--variant", self.variant,
-                "--lr", "0.1", "--server-optimizer", opt, "--server-lr", str(lr), "--rounds", str(rounds),
+                "--lr", str(self.lr), "--server-optimizer", opt, "--server-lr", str(lr), "--rounds", str(rounds),
                 "--patience", str(patience), "--min-rounds", str(self.min_rounds), "--seed", str(self.seed),
                 "--backend", "local", "--checkpoint-every", "0", "--out", str(out)]
         if not self.dataset.startswith("synthetic:"):
@@ -86,7 +92,7 @@ class Run:
     def expected_config(self, rounds: int, patience: int) -> dict:
         opt, lr = SERVER_STEPS[self.server]
         center, view_norm, modality_views = FUSION_SETTINGS[self.fusion]
-        return {"dataset": self.dataset, "backbone": self.backbone, "variant": self.variant, "lr": 0.1,
+        return {"dataset": self.dataset, "backbone": self.backbone, "variant": self.variant, "lr": self.lr,
                 "server_optimizer": opt, "server_lr": lr, "rounds": rounds, "patience": patience,
                 "min_rounds": self.min_rounds, "seed": self.seed, "center_features": center,
                 "view_norm": view_norm, "modality_views": modality_views}
@@ -131,6 +137,17 @@ def q5_runs(seeds, server):
 
 def q6_runs(seeds, server):
     return q4_runs(seeds, server, settings=("viewnorm-modviews",))
+
+
+# (dataset, backbone, variant, client lr): FedNCF at the lr KU's table 2 chose for it
+Q7_CELLS = [("KU", "fedncf", "mlp", 1.0), ("KU", "fedncf", "ours", 1.0), ("synthetic:ku", "fedncf", "mlp", 1.0),
+            ("synthetic:ku", "fedncf", "ours", 1.0)] + [("KU", b, "ours", 0.1) for b in ("fcf", "fedavg", "pfedrec", "fedrap")]
+Q7_BASELINE = "viewnorm-modviews"
+
+
+def q7_runs(seeds, server):
+    return [Run(ds, b, v, server, seed, min_rounds=20, fusion=f, lr=lr) for ds, b, v, lr in Q7_CELLS
+            for f in (Q7_BASELINE, "center-modviews") for seed in seeds]
 
 
 # ---------------------------------------------------------------------------------------- running
@@ -364,8 +381,17 @@ def q6_table(runner: Runner, seeds, server, why) -> str:
                         "client lr 0.1, 40 rounds, patience 10 counted after round 20)", f"Server step {why}.")
 
 
-def fusion_table(runner: Runner, runs: list[Run], settings: tuple[str, ...], title: str, note: str) -> str:
-    """Baseline against each fusion-input setting, cell by cell (dataset, backbone, variant), with
+def q7_table(runner: Runner, seeds, server, why) -> str:
+    return fusion_table(runner, q7_runs(seeds, server), ("center-modviews",),
+                        f"### Q7: views centred on their item mean before the RMS ({SERVER_LABEL[server]}, "
+                        "client lr 1 for fedncf and 0.1 for the others, 40 rounds, patience 10 counted after round 20)",
+                        f"Server step {why}. The baseline is Q6's default, `--view-norm rms --modality-views`.",
+                        baseline=Q7_BASELINE)
+
+
+def fusion_table(runner: Runner, runs: list[Run], settings: tuple[str, ...], title: str, note: str,
+                 baseline: str = "base") -> str:
+    """`baseline` against each fusion-input setting, cell by cell (dataset, backbone, variant), with
     paired per-seed differences and, on planted worlds, modality_spearman."""
     out = [title, "", note, "", HEAD]
     spear = ["", "modality_spearman on synthetic:ku (Spearman across users of measured reliance share vs planted "
@@ -377,7 +403,7 @@ def fusion_table(runner: Runner, runs: list[Run], settings: tuple[str, ...], tit
     for ds, b, v in cells:
         name = f"{ds} {b} + {v}"
         per = {f: loaded(runner, [r for r in runs if (r.dataset, r.backbone, r.variant, r.fusion) == (ds, b, v, f)])
-               for f in ("base", *settings)}
+               for f in (baseline, *settings)}
         for f, sums in per.items():
             if not sums:
                 continue
@@ -389,11 +415,11 @@ def fusion_table(runner: Runner, runs: list[Run], settings: tuple[str, ...], tit
                     fmt([x[k] for x in sp if k in x], scale=1.0, digits=3) for k in ("vision", "text", "id", "mean"))
                     + " |")
         for setting in settings:
-            a, z, label = per["base"], per[setting], FUSION_LABEL[setting]
+            a, z, label = per[baseline], per[setting], FUSION_LABEL[setting]
             if not a or len(a) != len(z):
                 continue
             if ds.startswith("synthetic:"):
-                spear.append(f"| {name} | Δ {label} - baseline (paired) | "
+                spear.append(f"| {name} | Δ {label} - {FUSION_LABEL[baseline]} (paired) | "
                              + " | ".join(_paired_raw(a, z, k) for k in ("vision", "text", "id", "mean")) + " |")
             diffs.append(f"| {name} | {label} | {paired(a, z, lambda s: s['test']['hr@50'])} | "
                          f"{paired(a, z, lambda s: s['test']['ndcg@50'])} | "
@@ -406,7 +432,7 @@ def fusion_table(runner: Runner, runs: list[Run], settings: tuple[str, ...], tit
 
 # the questions after Q1, which take its server step: their runs and their table, in order
 LATER_QUESTIONS = {"q2": (q2_runs, q2_table), "q3": (q3_runs, q3_table), "q4": (q4_runs, q4_table),
-                   "q5": (q5_runs, q5_table), "q6": (q6_runs, q6_table)}
+                   "q5": (q5_runs, q5_table), "q6": (q6_runs, q6_table), "q7": (q7_runs, q7_table)}
 
 
 def machine() -> str:
@@ -436,7 +462,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--backbones", nargs="+", default=["fcf", "fedavg", "fedncf"], help="Q1 backbones")
     p.add_argument("--server-step", default="auto", choices=["auto", "sgd", "adam"],
-                   help="server step for Q2-Q6 (auto: the Q1 winner on valid NDCG@50)")
+                   help="server step for Q2-Q7 (auto: the Q1 winner on valid NDCG@50)")
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--data-dir", default="data", help="prepared datasets (KU must be prepared there)")
@@ -470,7 +496,7 @@ def main(argv=None) -> int:
                 server, why = choose_server(runner, args.seeds, args.backbones)
         else:
             server, why = args.server_step, "given by --server-step"
-        print(f"server step for Q2-Q6: {SERVER_LABEL[server]} ({why})", flush=True)
+        print(f"server step for Q2-Q7: {SERVER_LABEL[server]} ({why})", flush=True)
         for name, (runs, table) in LATER_QUESTIONS.items():
             if name in qs:
                 if train:

@@ -65,9 +65,11 @@ class ModelConfig:
         "help": "How vision, text and id enter fusion: keep | drop | noise each (--drop / --noise)."})
     center_features: bool = option(False, "Centre the vision and text features on their item mean before the "
                                    "projections (real CLIP rows share one dominant direction).")
-    view_norm: str = option("rms", "Normalise every fused view per item: none | rms (unit RMS, no gain; with "
-                            "--modality-views it raised valid NDCG@50 on KU for every backbone: docs/defaults.md).",
-                            choices=("none", "rms"))
+    view_norm: str = option("auto", "Normalise every fused view per item: none | rms (unit RMS, no gain; with "
+                            "--modality-views it raised valid NDCG@50 on KU for every backbone) | center (centred "
+                            "on the item mean first) | auto (center for fedncf, whose ReLU tower otherwise sees "
+                            "one direction shared by every item, rms for the others; docs/defaults.md Q7).",
+                            choices=("auto", "none", "rms", "center"))
     modality_views: bool = option(True, "Offer the router the modality-only views x_v, x_c, x_d beside "
                                   "Sum, MLP and Gate (+ours; doubles the views; docs/defaults.md).")
 
@@ -92,7 +94,8 @@ class ModelConfig:
         """The registered `Variant` of this configuration, with its fusion-input choices."""
         from fedvlr_sim.engine.variants import VARIANTS
 
-        return VARIANTS[self.variant].configured(self.modality_views, self.view_norm, self.center_features)
+        view_norm = self.backbone_def.view_norm if self.view_norm == "auto" else self.view_norm
+        return VARIANTS[self.variant].configured(self.modality_views, view_norm, self.center_features)
 
     def ablation_of(self, modality: str) -> str:
         """keep, drop or noise for one modality."""

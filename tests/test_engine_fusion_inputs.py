@@ -38,6 +38,32 @@ def test_rms_normalised_views_have_unit_rms_per_item():
     torch.testing.assert_close(views.pow(2).mean(dim=2), torch.ones(3, N_ITEMS), atol=1e-4, rtol=0)
 
 
+def _shared_share(view: torch.Tensor) -> float:
+    """Norm of a view's mean item row relative to its RMS row norm: 1 when every item is the same."""
+    view = view.detach()
+    return float(view.mean(dim=0).norm() / view.pow(2).sum(dim=1).mean().sqrt())
+
+
+def test_centred_views_lose_the_direction_every_item_shares_then_take_unit_rms_per_item():
+    """A direction shared by every item adds the same to each item's score; left in, it is most of
+    a unit-RMS view (99.8% of the MLP view's energy on KU) and the items differ by the rest."""
+    rms, centred = _fusion(view_norm="rms")(), _fusion(view_norm="center")()
+    for j in range(3):
+        assert _shared_share(rms[j]) > 0.5 > 0.2 > _shared_share(centred[j])
+    raw = _fusion()()
+    expected = raw - raw.mean(dim=1, keepdim=True)
+    expected = expected * torch.rsqrt(expected.pow(2).mean(dim=2, keepdim=True) + 1e-6)
+    torch.testing.assert_close(centred, expected)
+
+
+def test_auto_view_norm_centres_the_views_for_fedncf_only():
+    """docs/defaults.md Q7: FedNCF's ReLU tower stalls on uncentred views; the others keep rms."""
+    for backbone in ("fedavg", "fcf", "pfedrec", "fedrap"):
+        assert RunConfig.create(backbone=backbone, variant="ours").model.variant_def.view_norm == "rms"
+    assert RunConfig.create(backbone="fedncf", variant="mlp").model.variant_def.view_norm == "center"
+    assert RunConfig.create(backbone="fedncf", variant="ours", view_norm="rms").model.variant_def.view_norm == "rms"
+
+
 def test_modality_views_follow_the_operator_views():
     fusion = _fusion(modality_views=True)
     views = fusion()
@@ -51,7 +77,7 @@ def test_modality_views_follow_the_operator_views():
 def test_by_default_the_router_mixes_six_unit_rms_views_and_the_paper_preset_three_raw_ones():
     """docs/defaults.md (Q4-Q6): normalised views with modality-only views beside them are the default."""
     default = RunConfig.create(variant="ours").model
-    assert (default.view_norm, default.modality_views, default.variant_def.n_views) == ("rms", True, 6)
+    assert (default.variant_def.view_norm, default.modality_views, default.variant_def.n_views) == ("rms", True, 6)
     views = _fusion(view_norm="rms", modality_views=True)()   # (the 1e-6 guard shows on the small ID rows)
     torch.testing.assert_close(views.pow(2).mean(dim=2), torch.ones(6, N_ITEMS), atol=1e-3, rtol=0)
     paper = RunConfig.create(variant="ours", **PRESETS["paper"]).model

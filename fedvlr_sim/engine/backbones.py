@@ -32,6 +32,7 @@ class Backbone:
     has_item_table = False            # keeps an |I| x w personal item table per user
     sparse_table: str | None = None   # the local table a round steps at the batch's rows only
     hyper_grid: dict[str, tuple[float, ...]] = {}   # backbone hyper-parameters a sweep tunes
+    view_norm = "rms"                 # what --view-norm auto means for this backbone
 
     def __init__(self, model_cfg):
         self.cfg = model_cfg
@@ -129,6 +130,9 @@ class FedNCF(Backbone):
 
     name = "fedncf"
     weight_by_interactions = True
+    # the fused views share one direction across items (99.8% of the MLP view's energy on KU);
+    # fed to the ReLU tower uncentred, +MLP stalled at the base rate in 2 of 3 seeds (defaults.md Q7)
+    view_norm = "center"
 
     @classmethod
     def validate(cls, model_cfg):

@@ -44,8 +44,9 @@ class Variant:
                    center_features: bool = False) -> "Variant":
         """This variant with the fusion-input choices of SPEC.md section 10: the modality-only
         views x_v, x_c, x_d offered to the router beside the operator views (router variants
-        only), every operator view normalised to unit RMS per item (`view_norm="rms"`), and
-        the content features centred on their item mean."""
+        only), every operator view normalised to unit RMS per item (`view_norm="rms"`, or
+        `"center"`: first centred on its mean over the items), and the content features centred
+        on their item mean."""
         variant = copy.copy(self)
         variant.modality_views = modality_views and self.uses_router
         variant.view_norm = view_norm if self.operators else "none"
@@ -93,7 +94,9 @@ class Variant:
         views = [OPERATORS[op].view(fusion, x, stacked) for op in self.operators]
         if self.modality_views:
             views += [x[m] for m in MODALITY_VIEWS]
-        if self.view_norm == "rms":
+        if self.view_norm == "center":   # a direction all items share moves no item against another
+            views = [v - v.mean(dim=0, keepdim=True) for v in views]
+        if self.view_norm in ("rms", "center"):
             views = [v * torch.rsqrt(v.pow(2).mean(dim=1, keepdim=True) + 1e-6) for v in views]
         return torch.stack(views)
 
