@@ -28,17 +28,21 @@ from fedvlr_sim.engine.simulation import make_population, make_server, problem_o
 
 
 def time_rounds(cfg: RunConfig, dataset, rounds: int) -> dict:
-    """Seconds per training round on `cfg`'s backend (after one warm-up round), and, on Ray,
-    the peak memory of every actor and the driver."""
+    """Seconds per training round on `cfg`'s backend (after one warm-up round), seconds of one
+    evaluation (valid and test, every user, every item) after them, and, on Ray, the peak memory
+    of every actor and the driver."""
     problem = problem_of(dataset)
     with open_backend(cfg, dataset, problem, "bench") as backend:
         federation = Federation(cfg.loop, cfg.seed, problem, backend.server, backend.pool)
         federation.run_round(1)
         records = [federation.run_round(t) for t in range(2, rounds + 2)]
+        start = time.perf_counter()
+        federation.evaluate(backend.server.publish())
+        eval_seconds = time.perf_counter() - start
         placement = getattr(backend, "placement", None)
         actors = [placement.server, *placement.shards] if placement else []
         peak = sum(ray.get([a.peak_rss_bytes.remote() for a in actors])) + peak_rss_bytes()
-    return {"seconds_per_round": float(np.mean([r.train_seconds for r in records])),
+    return {"seconds_per_round": float(np.mean([r.train_seconds for r in records])), "eval_seconds": eval_seconds,
             "clients_per_round": records[-1].clients, "peak_rss_bytes": peak} | backend.info
 
 
@@ -104,7 +108,7 @@ def bench(cfg: RunConfig, dataset, rounds: int = 2, sample_users: int = 200,
         "updates_per_second": ray_side["clients_per_round"] / ray_side["seconds_per_round"],
         "peak_rss_gb": ray_side["peak_rss_bytes"] / 1024**3,
         "shards": ray_side["shards"], "server_device": ray_side["server_device"],
-        "local_seconds_per_round": local["seconds_per_round"],
+        "local_seconds_per_round": local["seconds_per_round"], "eval_seconds": ray_side["eval_seconds"],
     } | {k: v for k, v in sequential.items() if k != "sequential_seconds_per_round"}
 
 

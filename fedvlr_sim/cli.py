@@ -425,7 +425,8 @@ def _print_bench_row(row: dict, json_output: bool) -> None:
     typer.echo(f"{row['dataset']} {row['backbone']}+{row['variant']} ({row['views']} views), {row['users']} users, "
                f"A={row['local_epochs']}, "
                f"{row['shards']} shards: {row['seconds_per_round']:.3f} s/round on Ray "
-               f"({row['updates_per_second']:.0f} client updates/s), {row['local_seconds_per_round']:.3f} s/round "
+               f"({row['updates_per_second']:.0f} client updates/s; evaluation {row['eval_seconds']:.3f} s), "
+               f"{row['local_seconds_per_round']:.3f} s/round "
                f"in-process (one thread), sequential loop (one thread) {row['sequential_seconds_per_round']:.2f} "
                f"s/round{note}; speed-up {row['speedup']:.1f}x ({row['speedup_per_shard']:.1f}x per shard's core); "
                f"peak RSS {row['peak_rss_gb']:.2f} GB")

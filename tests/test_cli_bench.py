@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from fedvlr_sim.cli import app
 
-POSITIVE = ("seconds_per_round", "sequential_seconds_per_round", "speedup", "updates_per_second", "peak_rss_gb")
+POSITIVE = ("seconds_per_round", "sequential_seconds_per_round", "speedup", "updates_per_second", "peak_rss_gb",
+            "eval_seconds")
 
 
 def test_bench_prints_one_json_object_per_dataset(ray_local, tmp_path):
