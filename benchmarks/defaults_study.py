@@ -23,7 +23,7 @@ All runs: --rounds 40 --patience 10, seeds 0 1 2 unless told otherwise.
     python benchmarks/defaults_study.py --data-dir /tmp/study-data --runs-dir /tmp/study-runs \\
         --table docs/defaults_tables.md
 
-`--server-step auto` (the default for Q2-Q6) takes the Q1 server step with the higher mean VALID
+`--server-step auto` (the default for Q2-Q7) takes the Q1 server step with the higher mean VALID
 NDCG@50 over all Q1 cells and seeds (never test). Run folders are named by configuration, so a run
 shared by two questions (e.g. Q2's --min-rounds 0 is a Q1 cell) is trained once.
 Start it under `nice -n 10` on a shared machine; the children inherit the priority.
