@@ -15,7 +15,7 @@ from fedvlr_sim.config import RunConfig
 from fedvlr_sim.engine import backbones
 from fedvlr_sim.engine.backbones import BACKBONES, Backbone, register
 from fedvlr_sim.engine.variants import VARIANTS
-from helpers_engine import make_cfg, make_dataset, run_federation
+from helpers_engine import make_cfg, make_dataset, make_population, run_federation
 
 PACKAGE = Path(fedvlr_sim.__file__).parent
 DEFINITIONS = {PACKAGE / "engine" / "backbones.py", PACKAGE / "engine" / "variants.py"}
@@ -97,3 +97,19 @@ def test_backbone_module_names_no_engine_internals():
     imported = {node.module for node in ast.walk(ast.parse(Path(backbones.__file__).read_text()))
                 if isinstance(node, ast.ImportFrom) and node.module}
     assert not any(m.startswith("fedvlr_sim.engine") for m in imported)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("variant", ["none", "ours"])
+def test_evaluation_scores_equal_each_users_mixed_items_scored_one_by_one(backbone, variant):
+    """A linear head (FCF, FedAvg) scores each view for the whole chunk with one product and
+    mixes the scores; every backbone must give what its per-user logits give, after training."""
+    dataset = make_dataset(n_users=9, n_items=25, seed=4)
+    cfg = make_cfg(backbone=backbone, variant=variant)
+    server, population = make_population(cfg, dataset)
+    users = np.arange(9)
+    population.train(1, users, server.publish())
+    glob = server.publish()
+    assert population.linear_scoring == (backbone in ("fcf", "fedavg"))
+    torch.testing.assert_close(population.scores(users, glob), population.scores(users, glob, per_user=True),
+                               atol=1e-5, rtol=1e-5)

@@ -33,6 +33,9 @@ class Backbone:
     sparse_table: str | None = None   # the local table a round steps at the batch's rows only
     hyper_grid: dict[str, tuple[float, ...]] = {}   # backbone hyper-parameters a sweep tunes
     view_norm = "rms"                 # what --view-norm auto means for this backbone
+    # (q, b): the local tensors of a linear head, when a user scores every item as e @ q + b on the
+    # shared representation e (b None: no bias); evaluation then scores each view with one product
+    linear_head: tuple[str, str | None] | None = None
 
     def __init__(self, model_cfg):
         self.cfg = model_cfg
@@ -96,6 +99,8 @@ class Backbone:
 class HeadBackbone(Backbone):
     """A per-user linear score head theta_u . e + b_u (FedAvg, PFedRec, FedRAP)."""
 
+    linear_head = ("head.w", "head.b")
+
     def local_shapes(self, width, n_items):
         return {"head.w": (width,), "head.b": ()}
 
@@ -116,6 +121,7 @@ class FCF(Backbone):
     """Ammad-Ud-Din et al. 2019: a private user vector, dot-product scores."""
 
     name = "fcf"
+    linear_head = ("user", None)
 
     def local_shapes(self, width, n_items):
         return {"user": (width,)}
@@ -167,6 +173,7 @@ class PFedRec(HeadBackbone):
 
     name = "pfedrec"
     has_item_table = True
+    linear_head = None                # scores its personal table, not the shared representation
     sparse_table = "table_offset"
 
     def local_shapes(self, width, n_items):
@@ -198,6 +205,7 @@ class FedRAP(HeadBackbone):
 
     name = "fedrap"
     has_item_table = True
+    linear_head = None                # scores its personal table, not the shared representation
     sparse_table = "table"
     hyper_grid = {"fedrap_lambda": (1e-4, 1e-3, 1e-2, 1e-1), "fedrap_mu": (1e-4, 1e-3, 1e-2, 1e-1)}
 

@@ -252,18 +252,34 @@ class ClientPopulation:
             self.trained[index] = True
 
     # ---------------------------------------------------------------- evaluation
+    @property
+    def linear_scoring(self) -> bool:
+        """Evaluation scores each view with one matrix product (a linear head on shared items)."""
+        return self.backbone.linear_head is not None
+
     def _eval_cost(self, rows: np.ndarray) -> np.ndarray:
-        """Tensor elements one user adds to a scoring chunk."""
-        return (self.n_items * (self.width * (self.n_views + 4) + len(COLD_PRIOR_BETAS) + 1)
+        """Tensor elements one user adds to a scoring chunk: each view's scores (linear heads) or
+        the mixed item representations, the scorings, and the history the router reads."""
+        per_item = self.n_views if self.linear_scoring else self.width * (self.n_views + 4)
+        return (self.n_items * (per_item + len(COLD_PRIOR_BETAS) + 1)
                 + self.data.train_counts[rows] * self.width * self.n_views)
 
-    def scores(self, rows: np.ndarray, glob: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Scores of every item for local rows `rows`, shape (n, I); no masking."""
+    def scores(self, rows: np.ndarray, glob: dict[str, torch.Tensor], per_user: bool = False) -> torch.Tensor:
+        """Scores of every item for local rows `rows`, shape (n, I); no masking. A backbone with
+        a linear head scores each view with one matrix product for the whole chunk, then mixes
+        the scores; `per_user` forces the general path (each user's mixed items, then its logits)."""
         hist, hist_mask = self._history(rows)
-        trained = self.trained[self._index(rows)]
-        score_fn = vmap(functools.partial(model.user_scores, self.backbone), in_dims=(0, None, 0, 0, 0))
+        local = self._local_chunk(rows)
         with torch.no_grad():
-            return score_fn(self._local_chunk(rows), glob, hist, hist_mask, trained)
+            if self.linear_scoring and not per_user:
+                q, b = self.backbone.linear_head
+                weights = vmap(model.router_weights, in_dims=(0, None, 0, 0))(local, glob, hist, hist_mask)
+                views = glob["views"]
+                per_view = (local[q] @ views.reshape(-1, views.shape[-1]).T).reshape(len(rows), *views.shape[:2])
+                scores = torch.einsum("ng,ngi->ni", weights, per_view)
+                return scores + local[b][:, None] if b else scores
+            score_fn = vmap(functools.partial(model.user_scores, self.backbone), in_dims=(0, None, 0, 0, 0))
+            return score_fn(local, glob, hist, hist_mask, self.trained[self._index(rows)])
 
     def ranks(self, glob: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         """Ranks of each user's valid and test items from one scoring pass (see
