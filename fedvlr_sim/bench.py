@@ -27,23 +27,25 @@ from fedvlr_sim.engine.resources import peak_rss_bytes
 from fedvlr_sim.engine.simulation import make_population, make_server, problem_of
 
 
-def time_rounds(cfg: RunConfig, dataset, rounds: int) -> dict:
-    """Seconds per training round on `cfg`'s backend (after one warm-up round), seconds of one
-    evaluation (valid and test, every user, every item) after them, and, on Ray, the peak memory
-    of every actor and the driver."""
+def time_rounds(cfg: RunConfig, dataset, rounds: int, evaluate: bool = False) -> dict:
+    """Seconds per training round on `cfg`'s backend (after one warm-up round), with `evaluate`
+    the seconds of one evaluation (valid and test, every user, every item) after them, and, on
+    Ray, the peak memory of every actor and the driver."""
     problem = problem_of(dataset)
     with open_backend(cfg, dataset, problem, "bench") as backend:
         federation = Federation(cfg.loop, cfg.seed, problem, backend.server, backend.pool)
         federation.run_round(1)
         records = [federation.run_round(t) for t in range(2, rounds + 2)]
-        start = time.perf_counter()
-        federation.evaluate(backend.server.publish())
-        eval_seconds = time.perf_counter() - start
+        timings = {}
+        if evaluate:
+            start = time.perf_counter()
+            federation.evaluate(backend.server.publish())
+            timings["eval_seconds"] = time.perf_counter() - start
         placement = getattr(backend, "placement", None)
         actors = [placement.server, *placement.shards] if placement else []
         peak = sum(ray.get([a.peak_rss_bytes.remote() for a in actors])) + peak_rss_bytes()
-    return {"seconds_per_round": float(np.mean([r.train_seconds for r in records])), "eval_seconds": eval_seconds,
-            "clients_per_round": records[-1].clients, "peak_rss_bytes": peak} | backend.info
+    return {"seconds_per_round": float(np.mean([r.train_seconds for r in records])),
+            "clients_per_round": records[-1].clients, "peak_rss_bytes": peak} | timings | backend.info
 
 
 def time_sequential_round(cfg: RunConfig, dataset, sample_users: int) -> dict:
@@ -91,8 +93,8 @@ def bench(cfg: RunConfig, dataset, rounds: int = 2, sample_users: int = 200,
     `report` hears which side is being timed."""
     cfg = cfg.replace(sample_ratio=1.0, backend="ray")
     label = f"{dataset.name} ({dataset.n_users} users)"
-    report(f"{label}: timing {rounds} round(s) on Ray shards after a warm-up round")
-    ray_side = time_rounds(cfg, dataset, rounds)
+    report(f"{label}: timing {rounds} round(s) and one evaluation on Ray shards after a warm-up round")
+    ray_side = time_rounds(cfg, dataset, rounds, evaluate=True)
     report(f"{label}: timing the sequential one-user-at-a-time loop on up to {sample_users} users (one thread)")
     with one_thread():
         sequential = time_sequential_round(cfg, dataset, sample_users)

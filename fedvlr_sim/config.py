@@ -195,7 +195,7 @@ ROLES = {"model": ModelConfig, "client": ClientConfig, "server": ServerConfig, "
 SEED_HELP = "Random seed (every draw is keyed by seed, round and user)."
 
 # The paper's fusion inputs: Sum, MLP and Gate of the raw inputs (the defaults since docs/defaults.md
-# Q6 are six unit-RMS views).
+# Q6-Q7 are six unit-RMS views, centred first for FedNCF).
 PAPER_VIEWS = {"view_norm": "none", "modality_views": False}
 
 # Named option sets (`--preset NAME`), applied over the field defaults and under everything given.
