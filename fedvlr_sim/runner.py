@@ -64,17 +64,19 @@ def prepare_run_dir(cfg: RunConfig) -> tuple[RunConfig, Path]:
 @contextlib.contextmanager
 def new_run(cfg: RunConfig):
     """Yield (config, run folder) for a fresh run, the folder locked against a second run for the
-    whole block. A start that fails before leaving anything to resume removes what it created."""
+    whole block. A start that fails before leaving anything to resume removes what it created;
+    a run refused the lock removes nothing (the folder is the holder's, even if this run saw it
+    absent a moment before)."""
     run_dir = run_dir_of(cfg)
     _refuse_taken(run_dir)   # before the lock too, so a refused run touches nothing
     created = not run_dir.exists()
-    try:
-        with run_lock(run_dir):
+    with run_lock(run_dir):
+        try:
             yield prepare_run_dir(cfg.replace(out=str(run_dir)))
-    except BaseException:
-        if created and checkpoint.latest(run_dir) is None and not (run_dir / METRICS_FILE).exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+        except BaseException:
+            if created and checkpoint.latest(run_dir) is None and not (run_dir / METRICS_FILE).exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
 
 
 def _refuse_taken(run_dir: Path) -> None:

@@ -62,3 +62,22 @@ def test_two_runs_in_one_process_exclude_each_other_too(tmp_path):
         with pytest.raises(FedVLRError, match=rf"\(pid {os.getpid()}\)"):
             with run_lock(tmp_path):
                 pass
+
+
+def test_a_run_that_loses_the_race_for_a_new_folder_leaves_the_winners_folder_alone(holder, tmp_path, monkeypatch):
+    """Two runs started at once on an absent --out both see it free; the one refused the lock must
+    not clean up the folder as if it had created it (that deleted the winner's config mid-write)."""
+    from fedvlr_sim import runner
+    from fedvlr_sim.config import RunConfig
+
+    run_dir = tmp_path / "run"
+    winners_file = run_dir / "config.json.tmp"
+    winners_file.write_text("{}")
+    real_exists = type(run_dir).exists
+    monkeypatch.setattr(type(run_dir), "exists",
+                        lambda path: False if path == run_dir else real_exists(path))   # it looked absent
+    with pytest.raises(FedVLRError, match="another fedvlr-sim run"):
+        with runner.new_run(RunConfig().replace(out=str(run_dir))):
+            pass
+    monkeypatch.undo()
+    assert winners_file.read_text() == "{}"
