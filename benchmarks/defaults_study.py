@@ -17,6 +17,10 @@ mean +- 95 % t-interval over the seeds.
     Q7 centred views  KU: every backbone + ours, fedncf + mlp; synthetic:ku: fedncf + ours and + mlp;
                       --view-norm rms vs --view-norm center (both --modality-views); fedncf at
                       --lr 1 (its lr on KU), the others at 0.1; otherwise as Q4
+    Q8 server lr      KU: fedncf none | ours | mlp, fcf none | ours, fedavg none, pfedrec none;
+                      ML: fedncf, fcf, fedavg none; --server-lr 0.01 vs 0.03 vs 0.1 (Adam; ML's
+                      fcf and fedavg 0.01 vs 0.03 only), each cell at its default views; fedncf and every ML cell at --lr 1, the others
+                      at 0.1; otherwise as Q4 (ML must be prepared in --data-dir too)
 
 All runs: --rounds 40 --patience 10, seeds 0 1 2 unless told otherwise.
 
@@ -44,8 +48,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SERVER_STEPS = {"sgd": ("sgd", 1.0), "adam": ("adam", 0.01)}
-SERVER_LABEL = {"sgd": "SGD 1.0", "adam": "Adam 0.01"}
+SERVER_STEPS = {"sgd": ("sgd", 1.0), "adam": ("adam", 0.01), "adam0.03": ("adam", 0.03), "adam0.1": ("adam", 0.1)}
+SERVER_LABEL = {"sgd": "SGD 1.0", "adam": "Adam 0.01", "adam0.03": "Adam 0.03", "adam0.1": "Adam 0.1"}
 # two-sided 95 % Student t quantiles by degrees of freedom
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 # the fusion-input settings a run can take, by the name its folder carries: (center_features,
@@ -148,6 +152,22 @@ Q7_BASELINE = "viewnorm-modviews"
 def q7_runs(seeds, server):
     return [Run(ds, b, v, server, seed, min_rounds=20, fusion=f, lr=lr) for ds, b, v, lr in Q7_CELLS
             for f in (Q7_BASELINE, "center-modviews") for seed in seeds]
+
+
+Q8_SERVERS = ("adam", "adam0.03", "adam0.1")
+# (dataset, backbone, variant, client lr, server steps); each at the views `--view-norm auto` gives
+# it. ML's fcf and fedavg runs take minutes, and KU had already put 0.1 below 0.03 on every cell.
+Q8_CELLS = ([("KU", "fedncf", v, 1.0, Q8_SERVERS) for v in ("none", "ours", "mlp")]
+            + [("KU", "fcf", v, 0.1, Q8_SERVERS) for v in ("none", "ours")]
+            + [("KU", b, "none", 0.1, Q8_SERVERS) for b in ("fedavg", "pfedrec")]
+            + [("ML", "fedncf", "none", 1.0, Q8_SERVERS)]
+            + [("ML", b, "none", 1.0, Q8_SERVERS[:2]) for b in ("fcf", "fedavg")])
+
+
+def q8_runs(seeds, server):
+    """The server lr grid (Q8 varies the server step itself, so the Q1 choice does not apply)."""
+    return [Run(ds, b, v, s, seed, min_rounds=20, fusion="center-modviews" if b == "fedncf" else Q7_BASELINE, lr=lr)
+            for ds, b, v, lr, servers in Q8_CELLS for s in servers for seed in seeds]
 
 
 # ---------------------------------------------------------------------------------------- running
@@ -389,10 +409,19 @@ def q7_table(runner: Runner, seeds, server, why) -> str:
                         baseline=Q7_BASELINE)
 
 
+def q8_table(runner: Runner, seeds, server, why) -> str:
+    return fusion_table(runner, q8_runs(seeds, server), Q8_SERVERS[1:],
+                        "### Q8: server Adam lr (client lr 1 for fedncf and on ML, 0.1 for the others, each cell "
+                        "at its default views, 40 rounds, patience 10 counted after round 20)",
+                        "The baseline is the default until Q8, Adam 0.01.", baseline="adam", vary="server",
+                        labels=SERVER_LABEL)
+
+
 def fusion_table(runner: Runner, runs: list[Run], settings: tuple[str, ...], title: str, note: str,
-                 baseline: str = "base") -> str:
-    """`baseline` against each fusion-input setting, cell by cell (dataset, backbone, variant), with
-    paired per-seed differences and, on planted worlds, modality_spearman."""
+                 baseline: str = "base", vary: str = "fusion", labels: dict = FUSION_LABEL) -> str:
+    """`baseline` against each other setting of the Run field `vary` (the fusion inputs unless
+    told), cell by cell (dataset, backbone, variant), with paired per-seed differences and, on
+    planted worlds, modality_spearman."""
     out = [title, "", note, "", HEAD]
     spear = ["", "modality_spearman on synthetic:ku (Spearman across users of measured reliance share vs planted "
              "weight):", "", "| cell | setting | vision | text | id | mean |", "|---|---|---|---|---|---|"]
@@ -402,24 +431,25 @@ def fusion_table(runner: Runner, runs: list[Run], settings: tuple[str, ...], tit
     cells = list(dict.fromkeys((r.dataset, r.backbone, r.variant) for r in runs))
     for ds, b, v in cells:
         name = f"{ds} {b} + {v}"
-        per = {f: loaded(runner, [r for r in runs if (r.dataset, r.backbone, r.variant, r.fusion) == (ds, b, v, f)])
+        per = {f: loaded(runner, [r for r in runs
+                                  if (r.dataset, r.backbone, r.variant, getattr(r, vary)) == (ds, b, v, f)])
                for f in (baseline, *settings)}
         for f, sums in per.items():
             if not sums:
                 continue
-            out.append(row(name, FUSION_LABEL[f], cell(sums)))
+            out.append(row(name, labels[f], cell(sums)))
             refs.setdefault(ds, []).extend(sums)
             if ds.startswith("synthetic:"):
                 sp = [s.get("modality_spearman") or {} for s in sums]
-                spear.append(f"| {name} | {FUSION_LABEL[f]} | " + " | ".join(
+                spear.append(f"| {name} | {labels[f]} | " + " | ".join(
                     fmt([x[k] for x in sp if k in x], scale=1.0, digits=3) for k in ("vision", "text", "id", "mean"))
                     + " |")
         for setting in settings:
-            a, z, label = per[baseline], per[setting], FUSION_LABEL[setting]
+            a, z, label = per[baseline], per[setting], labels[setting]
             if not a or len(a) != len(z):
                 continue
             if ds.startswith("synthetic:"):
-                spear.append(f"| {name} | Δ {label} - {FUSION_LABEL[baseline]} (paired) | "
+                spear.append(f"| {name} | Δ {label} - {labels[baseline]} (paired) | "
                              + " | ".join(_paired_raw(a, z, k) for k in ("vision", "text", "id", "mean")) + " |")
             diffs.append(f"| {name} | {label} | {paired(a, z, lambda s: s['test']['hr@50'])} | "
                          f"{paired(a, z, lambda s: s['test']['ndcg@50'])} | "
@@ -432,7 +462,8 @@ def fusion_table(runner: Runner, runs: list[Run], settings: tuple[str, ...], tit
 
 # the questions after Q1, which take its server step: their runs and their table, in order
 LATER_QUESTIONS = {"q2": (q2_runs, q2_table), "q3": (q3_runs, q3_table), "q4": (q4_runs, q4_table),
-                   "q5": (q5_runs, q5_table), "q6": (q6_runs, q6_table), "q7": (q7_runs, q7_table)}
+                   "q5": (q5_runs, q5_table), "q6": (q6_runs, q6_table), "q7": (q7_runs, q7_table),
+                   "q8": (q8_runs, q8_table)}
 
 
 def machine() -> str:
