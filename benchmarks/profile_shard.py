@@ -19,21 +19,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from fedvlr_sim.bench import first_users
-from fedvlr_sim.config import RunConfig
+from fedvlr_sim.config import parse_settings, resolve
 from fedvlr_sim.datasets.registry import load_dataset
 from fedvlr_sim.engine.simulation import make_population, make_server, problem_of
-
-
-def parse_value(text: str):
-    """An option value from `--set key=value`: a bool, an int, a float, or the text itself."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+from fedvlr_sim.errors import FedVLRError
 
 
 def timed(label: str, call) -> None:
@@ -57,13 +46,12 @@ def main(argv=None) -> None:
     p.add_argument("--users", type=int, default=2000, help="the first N users of the dataset")
     p.add_argument("--backbone", default="fcf")
     p.add_argument("--variant", default="ours")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run option")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run option, as `fedvlr-sim run --set` takes it")
     p.add_argument("--rows", type=int, default=12, help="ops listed per profile")
     args = p.parse_args(argv)
 
     torch.set_num_threads(1)
-    options = {key: parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}
-    cfg = RunConfig.create(backbone=args.backbone, variant=args.variant, **options)
+    cfg = resolve([(None, {"backbone": args.backbone, "variant": args.variant}), *parse_settings(args.set)])
     dataset = first_users(load_dataset(args.dataset, args.data_dir), args.users)
     problem = problem_of(dataset)
     population = make_population(cfg, problem, np.arange(problem.n_users))
@@ -81,4 +69,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FedVLRError as err:
+        raise SystemExit(f"error: {err}") from None
