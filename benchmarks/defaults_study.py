@@ -22,6 +22,10 @@ mean +- 95 % t-interval over the seeds.
                       fcf and fedavg 0.01 vs 0.03 only; pfedrec and fedrap 0.03 only), each cell
                       at its default views; fedncf and every ML cell at --lr 1, the others
                       at 0.1; otherwise as Q4 (ML must be prepared in --data-dir too)
+    Q9 negatives      Beauty and KU: every backbone none, KU: every backbone ours; ML: every
+                      backbone none; uniform negatives vs --neg-popularity 0.5 and 1 (ML: 1
+                      only); client lr chosen on valid per seed among 0.1 and 1 (ML: lr 1);
+                      server Adam 0.03; otherwise as Q8 (Beauty must be prepared too)
 
 All runs: --rounds 40 --patience 10, seeds 0 1 2 unless told otherwise.
 
@@ -76,13 +80,15 @@ class Run:
     min_rounds: int = 0
     fusion: str = "base"  # a key of FUSION_SETTINGS
     lr: float = 0.1       # the client lr
+    neg: float = 0.0      # --neg-popularity (0: uniform negatives, the default)
 
     @property
     def name(self) -> str:
         ds = self.dataset.replace(":", "_")
         lr = "" if self.lr == 0.1 else f"-lr{self.lr:g}"
+        neg = f"-neg{self.neg:g}" if self.neg else ""
         return (f"{ds}-{self.backbone}-{self.variant}-{self.server}-mr{self.min_rounds}"
-                f"-{self.fusion}{lr}-s{self.seed}")
+                f"-{self.fusion}{lr}{neg}-s{self.seed}")
 
     def args(self, data_dir: str, rounds: int, patience: int, out: Path) -> list[str]:
         opt, lr = SERVER_STEPS[self.server]
@@ -92,6 +98,8 @@ class Run:
                 "--backend", "local", "--checkpoint-every", "0", "--out", str(out)]
         if not self.dataset.startswith("synthetic:"):
             args += ["--data-dir", data_dir]
+        if self.neg:
+            args += ["--neg-popularity", str(self.neg)]
         return args + fusion_flags(self.fusion)
 
     def expected_config(self, rounds: int, patience: int) -> dict:
@@ -100,7 +108,8 @@ class Run:
         return {"dataset": self.dataset, "backbone": self.backbone, "variant": self.variant, "lr": self.lr,
                 "server_optimizer": opt, "server_lr": lr, "rounds": rounds, "patience": patience,
                 "min_rounds": self.min_rounds, "seed": self.seed, "center_features": center,
-                "view_norm": view_norm, "modality_views": modality_views}
+                "view_norm": view_norm, "modality_views": modality_views} | (
+                    {"neg_popularity": self.neg} if self.neg else {})
 
 
 def fusion_flags(setting: str) -> list[str]:
@@ -171,6 +180,24 @@ def q8_runs(seeds, server):
     """The server lr grid (Q8 varies the server step itself, so the Q1 choice does not apply)."""
     return [Run(ds, b, v, s, seed, min_rounds=20, fusion="center-modviews" if b == "fedncf" else Q7_BASELINE, lr=lr)
             for ds, b, v, lr, servers in Q8_CELLS for s in servers for seed in seeds]
+
+
+Q9_NEGS = (0.0, 0.5, 1.0)
+Q9_LRS = (0.1, 1.0)
+# (dataset, backbone, variant, negative-sampling exponents): the client lr is chosen on valid per
+# seed among Q9_LRS; ML (minutes a run, popular targets) is run at lr 1, uniform against beta 1
+BACKBONES = ("fcf", "fedavg", "fedncf", "pfedrec", "fedrap")
+Q9_CELLS = ([(ds, b, "none", Q9_NEGS) for ds in ("Beauty", "KU") for b in BACKBONES]
+            + [("KU", b, "ours", Q9_NEGS) for b in BACKBONES]
+            + [("ML", b, "none", (0.0, 1.0)) for b in BACKBONES])
+
+
+def q9_runs(seeds, server):
+    """Negatives drawn by popularity (--neg-popularity), at the Q8 server step Adam 0.03."""
+    return [Run(ds, b, v, "adam0.03", seed, min_rounds=20, fusion="center-modviews" if b == "fedncf" else Q7_BASELINE,
+                lr=lr, neg=neg)
+            for ds, b, v, negs in Q9_CELLS for neg in negs for lr in ((1.0,) if ds == "ML" else Q9_LRS)
+            for seed in seeds]
 
 
 # ---------------------------------------------------------------------------------------- running
@@ -420,11 +447,23 @@ def q8_table(runner: Runner, seeds, server, why) -> str:
                         labels=SERVER_LABEL)
 
 
+def best_on_valid(runner: Runner, runs: list[Run]) -> list[dict]:
+    """For each seed, the finished run of `runs` (which differ in hyper-parameters) with the
+    highest VALID NDCG@50, in seed order."""
+    by_seed = {}
+    for run, summary in ((r, runner.load(r)) for r in runs):
+        if summary is not None and (run.seed not in by_seed
+                                    or summary["valid"]["ndcg@50"] > by_seed[run.seed]["valid"]["ndcg@50"]):
+            by_seed[run.seed] = summary
+    return [by_seed[seed] for seed in sorted(by_seed)]
+
+
 def fusion_table(runner: Runner, runs: list[Run], settings: tuple[str, ...], title: str, note: str,
-                 baseline: str = "base", vary: str = "fusion", labels: dict = FUSION_LABEL) -> str:
+                 baseline: str = "base", vary: str = "fusion", labels: dict = FUSION_LABEL, select=loaded) -> str:
     """`baseline` against each other setting of the Run field `vary` (the fusion inputs unless
     told), cell by cell (dataset, backbone, variant), with paired per-seed differences and, on
-    planted worlds, modality_spearman."""
+    planted worlds, modality_spearman. `select(runner, runs)` gives a setting's summaries, one per
+    seed (every finished run unless told)."""
     out = [title, "", note, "", HEAD]
     spear_head = ["", "modality_spearman on synthetic:ku (Spearman across users of measured reliance share vs "
                   "planted weight):", "", "| cell | setting | vision | text | id | mean |", "|---|---|---|---|---|---|"]
@@ -435,7 +474,7 @@ def fusion_table(runner: Runner, runs: list[Run], settings: tuple[str, ...], tit
     cells = list(dict.fromkeys((r.dataset, r.backbone, r.variant) for r in runs))
     for ds, b, v in cells:
         name = f"{ds} {b} + {v}"
-        per = {f: loaded(runner, [r for r in runs
+        per = {f: select(runner, [r for r in runs
                                   if (r.dataset, r.backbone, r.variant, getattr(r, vary)) == (ds, b, v, f)])
                for f in (baseline, *settings)}
         for f, sums in per.items():
@@ -464,10 +503,33 @@ def fusion_table(runner: Runner, runs: list[Run], settings: tuple[str, ...], tit
     return "\n".join(out + diffs + (spear_head + spear if spear else []))
 
 
+def q9_table(runner: Runner, seeds, server, why) -> str:
+    labels = {neg: "uniform" if neg == 0 else f"--neg-popularity {neg:g}" for neg in Q9_NEGS}
+    runs = q9_runs(seeds, server)
+    joint = ["", "The exponent chosen on valid too (per seed, the run of highest VALID NDCG@50 among every "
+             "exponent and lr of the cell), as `sweep` and `reproduce` now tune it:", "",
+             "| cell | test HR@50 | test NDCG@50 | valid NDCG@50 | chosen exponent / lr (per seed) |",
+             "|---|---|---|---|---|"]
+    for ds, b, v, _ in Q9_CELLS:
+        chosen = best_on_valid(runner, [r for r in runs if (r.dataset, r.backbone, r.variant) == (ds, b, v)])
+        if chosen:
+            c = cell(chosen)
+            picks = "; ".join(f"{s['config'].get('neg_popularity', 0.0):g} / {s['config']['lr']:g}" for s in chosen)
+            joint.append(f"| {ds} {b} + {v} | {fmt(c['test_hr'])} | {fmt(c['test_ndcg'])} | {fmt(c['valid_ndcg'])} "
+                         f"| {picks} |")
+    return fusion_table(runner, runs, Q9_NEGS[1:],
+                        "### Q9: negatives drawn by item popularity (Adam 0.03, 40 rounds, patience 10 counted "
+                        "after round 20; client lr chosen on valid per seed among 0.1 and 1, ML at lr 1)",
+                        "The baseline is SPEC section 5's uniform negatives. With --neg-popularity beta > 0 a "
+                        "negative is drawn with probability proportional to its item's train count^beta, so "
+                        "items no user has in train are never negatives.", baseline=0.0, vary="neg",
+                        labels=labels, select=best_on_valid) + "\n".join(joint)
+
+
 # the questions after Q1, which take its server step: their runs and their table, in order
 LATER_QUESTIONS = {"q2": (q2_runs, q2_table), "q3": (q3_runs, q3_table), "q4": (q4_runs, q4_table),
                    "q5": (q5_runs, q5_table), "q6": (q6_runs, q6_table), "q7": (q7_runs, q7_table),
-                   "q8": (q8_runs, q8_table)}
+                   "q8": (q8_runs, q8_table), "q9": (q9_runs, q9_table)}
 
 
 def machine() -> str:

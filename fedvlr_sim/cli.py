@@ -347,7 +347,7 @@ def sweep(
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
 ) -> None:
     """Run the client learning-rate grid {1e-3, 1e-2, 1e-1, 1} (and the backbone's own grid, e.g.
-    FedRAP's lambda x mu), select on valid."""
+    FedRAP's lambda x mu), then --neg-popularity 0, 0.5 and 1 at its best point; select on valid."""
     from fedvlr_sim.runner import load_checked
     from fedvlr_sim.sweep import sweep as run_sweep
 

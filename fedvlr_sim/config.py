@@ -110,6 +110,10 @@ class ClientConfig:
     weight_decay: float = option(0.0, "L2 weight decay on each client's local parameters (0 = off).", minimum=0)
     local_epochs: int = option(5, "Local epochs A.", positive=True)
     neg_ratio: int = option(4, "Negatives per positive.", positive=True)
+    neg_popularity: float = option(0.0, "Draw each negative with probability proportional to the item's train "
+                                   "users to this power beta: 0 = uniform (SPEC section 5); above 0, items no user "
+                                   "has in train are never negatives. Clients then need every item's train count.",
+                                   minimum=0)
     batch_size: int = option(2048, "Most (positive, negative) pairs per local minibatch.", positive=True)
     global_update: str = option("accumulate", "accumulate (upload accumulated global gradients) | local (step a "
                                 "local copy of the globals, upload its change / lr).", choices=("accumulate", "local"))
@@ -203,7 +207,7 @@ PAPER_VIEWS = {"view_norm": "none", "modality_views": False}
 # of SPEC.md section 10 that the defaults may carry (docs/defaults.md gives the measurements).
 PRESETS = {
     "paper": {"server_optimizer": "sgd", "server_lr": 1.0, "lr": 0.1, "weight_decay": 0.0, "min_rounds": 0,
-              "center_features": False, **PAPER_VIEWS},
+              "neg_popularity": 0.0, "center_features": False, **PAPER_VIEWS},
 }
 
 

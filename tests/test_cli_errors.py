@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fedvlr_sim.cli import app
@@ -66,6 +67,9 @@ RUN_CASES = {
     "dropping every modality": (["--dataset", "synthetic:tiny", "--drop", "vision", "--drop", "text",
                                  "--drop", "id"], ["--drop"]),
 }
+if not torch.cuda.is_available():
+    RUN_CASES["client shards on a GPU this machine lacks"] = (["--dataset", "synthetic:tiny", "--shard-device", "cuda"],
+                                                              ["--shard-device cuda", "CUDA"])
 
 
 @pytest.mark.parametrize("case", list(RUN_CASES))

@@ -27,6 +27,8 @@ IMPOSSIBLE = {
     "fedncf tower needs d divisible by 4": (dict(backbone="fedncf", dim=10), "--dim"),
     "zero local epochs": (dict(local_epochs=0), "--local-epochs"),
     "zero negatives": (dict(neg_ratio=0), "--neg-ratio"),
+    "negative popularity exponent": (dict(neg_popularity=-0.5), "--neg-popularity"),
+    "infinite popularity exponent": (dict(neg_popularity=float("inf")), "--neg-popularity"),
     "zero batch": (dict(batch_size=0), "--batch-size"),
     "non-positive lr": (dict(lr=0.0), "--lr"),
     "non-positive server lr": (dict(server_lr=-1.0), "--server-lr"),

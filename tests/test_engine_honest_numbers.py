@@ -69,6 +69,14 @@ def test_every_summary_has_the_random_reference_cold_shares_and_warnings(dataset
     assert bool(summary["warnings"]) == below
 
 
+def test_a_private_run_with_popularity_negatives_warns_that_the_item_counts_are_not_accounted(dataset):
+    cfg = make_cfg(rounds=1, variant="none", neg_popularity=1.0, dp_clip=1.0, dp_noise=0.5)
+    summary = run_federation(cfg, local_federation(cfg, dataset))
+    assert any("--neg-popularity" in w and "epsilon" in w for w in summary["warnings"])
+    plain = make_cfg(rounds=1, variant="none", neg_popularity=1.0)
+    assert not any("--neg-popularity" in w for w in run_federation(plain, local_federation(plain, dataset))["warnings"])
+
+
 def test_reliance_is_a_per_user_share_so_score_scale_cancels():
     reliance = np.array([[1.0, 2.0, 1.0], [10.0, 20.0, 10.0], [0.0, 0.0, 0.0]])
     shares = reliance_shares(reliance)

@@ -121,6 +121,40 @@ def test_negatives_are_items_outside_the_users_train_set():
     assert len(drawn_anything) > ds.n_items // 2, "negatives look far from uniform"
 
 
+def _drawn_negatives(pop, rows) -> list[np.ndarray]:
+    """Each row's negatives at its real positions, over every epoch."""
+    hist, mask = pop.data.padded_history(rows)
+    negatives = pop.negatives(1, rows, hist.shape[1])
+    return [negatives[i][:, mask[i].bool()].reshape(-1).numpy() for i in range(len(rows))]
+
+
+def test_popularity_weighted_negatives_follow_the_train_count_to_the_power_beta():
+    # items 0..3 have 1, 2, 3 and 4 train users (users 1-4 train on 0.., user 0 trains on nothing
+    # of them); item 4 is never in train, item 5 is user 0's own train item
+    train = [[5], [0, 1, 2, 3], [1, 2, 3], [2, 3], [3]]
+    ds = dataset_from_lists(7, train, valid=[6] * 5, test=[4] * 5)
+    cfg = make_cfg(backbone="fcf", variant="none", local_epochs=400, neg_ratio=50, neg_popularity=1.0)
+    _, pop = make_population(cfg, ds)
+    drawn = _drawn_negatives(pop, np.array([0]))[0]
+    counts = np.bincount(drawn, minlength=7)
+    assert counts[4] == 0 and counts[5] == 0 and counts[6] == 0, "never-trained and own train items are never drawn"
+    share = counts[:4] / counts[:4].sum()
+    np.testing.assert_allclose(share, np.array([1, 2, 3, 4]) / 10, atol=0.02)
+
+
+def test_zero_popularity_exponent_is_the_uniform_draw_and_a_user_with_nothing_weighted_falls_back_to_it():
+    ds = make_dataset(n_users=6, n_items=15, seed=2)
+    rows = np.arange(ds.n_users)
+    uniform = _drawn_negatives(make_population(make_cfg(backbone="fcf", variant="none"), ds)[1], rows)
+    explicit = _drawn_negatives(make_population(make_cfg(backbone="fcf", variant="none", neg_popularity=0.0), ds)[1],
+                                rows)
+    assert all(np.array_equal(a, b) for a, b in zip(uniform, explicit))
+    # user 0 trains on item 0, the only item anyone trains on: its only candidates are never-trained
+    lonely = dataset_from_lists(4, [[0], [0]], valid=[1, 2], test=[2, 3])
+    _, pop = make_population(make_cfg(backbone="fcf", variant="none", local_epochs=50, neg_popularity=1.0), lonely)
+    assert set(_drawn_negatives(pop, np.array([0]))[0].tolist()) == {1, 2, 3}
+
+
 def test_valid_item_is_masked_at_test_time_but_test_item_competes_at_valid_time():
     data = _data(6, [[1, 2]], valid=[3], test=[4])
     scores = torch.tensor([[0.0, 0.0, 0.0, 5.0, 4.0, 0.0]])

@@ -198,23 +198,27 @@ def _fake_outcome(job):
 def test_table2_tunes_on_seed_zero_in_stages_then_reruns_the_chosen_point(tmp_path):
     """The plan's phases, without training: seed 0 of every cell runs the lr grid (FedRAP at its
     default lambda = mu = 1e-3); FedRAP's seed 0 then runs lambda x mu at its best lr (the default
-    point not again), and every other seed reruns the point its seed 0 chose, once."""
+    point not again); every seed 0 then runs the two other negative-sampling exponents at its best
+    point, and every other seed reruns the point its seed 0 chose, once."""
     from fedvlr_sim.reproduce import base_config
     from fedvlr_sim.reproduce.plan import plan
 
     base = base_config([], {"data_dir": str(tmp_path), "rounds": 2})
     the_plan = plan(EXPERIMENTS["table2"], ["synthetic:tiny"], 3, base, Choices(), tmp_path / "out")
-    assert the_plan.most_runs == 16 * 4 + 3 * 15 + 16 * 2 == 141
+    assert the_plan.most_runs == 16 * (4 + 2) + 3 * 15 + 16 * 2 == 173
     outcomes, phases = {}, []
     while new := the_plan.next_jobs(outcomes):
         phases.append(new)
         outcomes |= {job.run_dir: _fake_outcome(job) for job in new}
-    assert [len(p) for p in phases] == [16 * 4, 3 * 15 + 13 * 2, 3 * 2]
+    assert [len(p) for p in phases] == [16 * 4, 3 * 15 + 13 * 2, 3 * 2 + 13 * 2, 3 * 2]
     assert all(job.cfg.seed == 0 and job.cfg.model.fedrap_lambda == job.cfg.model.fedrap_mu == 1e-3
                for job in phases[0])
-    stage2 = [job for job in phases[1] if job.cfg.seed == 0]
-    assert len(stage2) == 45 and {job.cfg.model.backbone for job in stage2} == {"fedrap"}
-    assert {job.cfg.flat()["lr"] for job in stage2} == {0.01}, "stage 2 at stage 1's best lr"
+    fedrap_stage2 = [job for job in phases[1] if job.cfg.model.backbone == "fedrap"]
+    assert len(fedrap_stage2) == 45 and all(job.cfg.client.neg_popularity == 0 for job in fedrap_stage2)
+    assert {job.cfg.flat()["lr"] for job in fedrap_stage2} == {0.01}, "stage 2 at stage 1's best lr"
+    stage3 = [job for phase in phases[1:3] for job in phase if job.cfg.seed == 0 and job not in fedrap_stage2]
+    assert len(stage3) == 16 * 2 and {job.cfg.client.neg_popularity for job in stage3} == {0.5, 1.0}
+    assert all(job.run_dir.name.endswith(("-neg0.5", "-neg1")) for job in stage3)
     others = [job for phase in phases[1:] for job in phase if job.cfg.seed > 0]
     assert len(others) == 16 * 2 and len({job.run_dir for job in others}) == 32
     for job in others:
@@ -228,9 +232,10 @@ def test_table2_tunes_on_seed_zero_in_stages_then_reruns_the_chosen_point(tmp_pa
 
 
 def test_tuning_runs_for_real_and_a_rerun_after_an_interruption_redoes_nothing_finished(tmp_path, monkeypatch):
-    """FCF and FedRAP tuned on synthetic:tiny over 3 seeds: 4 + 19 runs on seed 0, one per other
-    seed at seed 0's chosen point; interrupted in FedRAP's stage 2, a report-only call writes the
-    finished cells, a second call trains only what had not finished, and a third nothing."""
+    """FCF and FedRAP tuned on synthetic:tiny over 3 seeds: 4 + 2 and 4 + 15 + 2 runs on seed 0,
+    one per other seed at seed 0's chosen point; interrupted at FedRAP's stage 2, a report-only
+    call writes the finished cells, a second call trains only what had not finished, and a third
+    nothing."""
     from fedvlr_sim.reproduce import base_config, reproduce
     from fedvlr_sim.reproduce.experiment import Cell, Experiment
 
@@ -264,7 +269,7 @@ def test_tuning_runs_for_real_and_a_rerun_after_an_interruption_redoes_nothing_f
     started.clear()
     monkeypatch.setattr(jobs, "execute", lambda *a, **k: started.append(a[2]) or real(*a, **k))
     reproduce("tuning", ["synthetic:tiny"], 3, out, base, report=lambda line: None)
-    assert len(first) + len(started) == 4 + 19 + 2 * 2
+    assert len(first) + len(started) == 6 + 21 + 2 * 2
     assert not set(map(str, started)) & set(map(str, first)), "nothing finished is trained again"
 
     rows = pl.read_parquet(out / "tuning.parquet")
@@ -273,19 +278,22 @@ def test_tuning_runs_for_real_and_a_rerun_after_an_interruption_redoes_nothing_f
     for backbone in ("fcf", "fedrap"):
         mine = rows.filter(pl.col("backbone") == backbone).sort("seed")
         chosen = json.loads(mine["selected"][0])
-        assert set(chosen) == ({"lr"} if backbone == "fcf" else {"lr", "fedrap_lambda", "fedrap_mu"})
+        own = {"lr"} if backbone == "fcf" else {"lr", "fedrap_lambda", "fedrap_mu"}
+        assert set(chosen) - {"neg_popularity"} == own
         assert mine["selected"].to_list() == [mine["selected"][0]] * 3, "seeds 1, 2 rerun seed 0's point"
         for seed in (1, 2):
             assert [p.name for p in (root / f"{backbone}-plain" / f"seed{seed}").iterdir()] == [point_name(chosen)]
     seed0 = root / "fedrap-plain" / "seed0"
     runs = {p.name: json.loads((p / "summary.json").read_text()) if (p / "summary.json").is_file() else None
             for p in seed0.iterdir()}
-    assert len(runs) == 19
+    assert len(runs) == 21
     stage1 = {n: s for n, s in runs.items() if n.endswith("-lambda0.001-mu0.001")}
     assert len(stage1) == 4, "stage 1: the lr grid at the default lambda = mu = 1e-3"
     best_lr = max((s for s in stage1.values() if s), key=lambda s: s["valid"]["ndcg@50"])["config"]["lr"]
-    stage2 = [n for n in runs if n not in stage1]
+    stage3 = [n for n in runs if "-neg" in n]
+    stage2 = [n for n in runs if n not in stage1 and n not in stage3]
     assert len(stage2) == 15 and all(n.startswith(f"lr{best_lr:g}-") for n in stage2), "stage 2 at stage 1's best lr"
+    assert sorted(n.rsplit("-", 1)[1] for n in stage3) == ["neg0.5", "neg1"], "stage 3: the other exponents"
     text = (out / "tuning.md").read_text()
     assert "with seed 0 only" in text and "seeds 1..2 rerun the chosen point" in text and "Chosen on seed 0" in text
 

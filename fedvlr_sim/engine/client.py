@@ -104,19 +104,28 @@ class ClientPopulation:
 
     # ---------------------------------------------------------------- training
     def negatives(self, round_idx: int, rows: np.ndarray, width: int) -> torch.Tensor:
-        """Uniform negatives among items the user has not interacted with in train, for
-        positions 0..width-1 of each epoch.
+        """Negatives among items the user has not interacted with in train, for positions
+        0..width-1 of each epoch: uniform, or with `neg_popularity` beta > 0 weighted by the
+        item's train count to the power beta, so items no user has in train are never drawn
+        (uniform again for a user left with none to draw).
 
         Shape (n, A, width, r); entry (epoch, position, k) of user u depends only on
         (seed, round, u, epoch, position, k)."""
         epochs, r = self.cfg.local_epochs, self.cfg.neg_ratio
-        free_cumsum = torch.cumsum(~self.data.train_matrix(rows, self.n_items).to(self.device), dim=1)
-        n_free = free_cumsum[:, -1:].double()
+        free = ~self.data.train_matrix(rows, self.n_items).to(self.device)
         counters = (np.arange(epochs)[:, None, None] << 40) | (np.arange(width)[None, :, None] << 8) | np.arange(r)
         u = torch.from_numpy(uniform(self.seed, Stream.NEGATIVES, round_idx, self.data.users[rows], counters.ravel()))
         u = u.to(self.device)
-        target = torch.floor(u * n_free).long() + 1
-        return torch.searchsorted(free_cumsum, target).reshape(len(rows), epochs, width, r)
+        if self.cfg.neg_popularity == 0:
+            free_cumsum = torch.cumsum(free, dim=1)
+            target = torch.floor(u * free_cumsum[:, -1:].double()).long() + 1
+            return torch.searchsorted(free_cumsum, target).reshape(len(rows), epochs, width, r)
+        counts = torch.from_numpy(self.data.item_counts).to(self.device, torch.float64)
+        weighted = free * counts ** self.cfg.neg_popularity
+        weighted = torch.where(weighted.sum(dim=1, keepdim=True) > 0, weighted, free.double())
+        mass = torch.cumsum(weighted, dim=1)
+        drawn = torch.searchsorted(mass, u * mass[:, -1:], side="right")
+        return drawn.clamp_max(self.n_items - 1).reshape(len(rows), epochs, width, r)
 
     def positive_order(self, round_idx: int, rows: np.ndarray, hist_mask: torch.Tensor) -> torch.Tensor:
         """Per-epoch random order of each user's positives (padding last), shape (n, A, T)."""

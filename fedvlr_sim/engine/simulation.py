@@ -115,6 +115,9 @@ def summarize(cfg: RunConfig, fed: Federation, run_info: dict | None = None) -> 
     if best["valid"] and best["valid"][metric] < valid_references["popularity"][metric]:
         warnings.append(f"the selected model is below the popularity ranking on valid {metric} "
                         f"({best['valid'][metric]:.4f} < {valid_references['popularity'][metric]:.4f})")
+    if cfg.client.neg_popularity > 0 and cfg.client.dp_clip > 0:
+        warnings.append("--neg-popularity hands every client the items' train counts; the reported "
+                        "(epsilon, delta) covers the uploads only, not those counts")
     return RunSummary(
         dataset=problem.name, backbone=cfg.model.backbone, variant=cfg.model.variant,
         best_round=best_round.round, rounds_run=fed.round, selected_on=f"valid {metric}",

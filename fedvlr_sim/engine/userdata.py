@@ -18,14 +18,15 @@ class UserData:
     train_items: np.ndarray    # concatenated train items per user, each user's a sorted set
     valid: np.ndarray          # (U,)
     test: np.ndarray           # (U,)
-    never_trained: np.ndarray | None = None   # (I,) bool: items no user of the dataset has in train
+    item_counts: np.ndarray | None = None     # (I,) train users of each item, over the whole dataset
 
     @classmethod
     def from_interactions(cls, n_users: int, user: np.ndarray, item: np.ndarray, split: np.ndarray,
                           n_items: int | None = None) -> "UserData":
         """Build from interaction columns (split 0 train, 1 valid, 2 test; one valid and one test
         row per user). Repeated train interactions with the same item count once. With `n_items`,
-        the dataset-wide set of never-trained items is kept too (for the cold-prior reference)."""
+        the dataset-wide train count of every item is kept too (for the cold-prior reference and
+        popularity-weighted negatives)."""
         train = split == 0
         pairs = np.unique(np.stack([user[train], item[train]], axis=1).astype(np.int64), axis=0)
         ptr = np.zeros(n_users + 1, dtype=np.int64)
@@ -36,9 +37,9 @@ class UserData:
             target = np.full(n_users, -1, dtype=np.int64)
             target[user[rows]] = item[rows]
             held_out[name] = target
-        never_trained = None if n_items is None else np.bincount(pairs[:, 1], minlength=n_items) == 0
+        item_counts = None if n_items is None else np.bincount(pairs[:, 1], minlength=n_items)
         return cls(np.arange(n_users, dtype=np.int64), ptr, pairs[:, 1].copy(), held_out["valid"], held_out["test"],
-                   never_trained)
+                   item_counts)
 
     def fingerprint(self) -> str:
         """A digest of every array, to check two processes hold the same users' data."""
@@ -51,13 +52,18 @@ class UserData:
     def train_counts(self) -> np.ndarray:
         return np.diff(self.train_ptr)
 
+    @property
+    def never_trained(self) -> np.ndarray | None:
+        """(I,) bool: items no user of the dataset has in train (None without item counts)."""
+        return None if self.item_counts is None else self.item_counts == 0
+
     def subset(self, rows: np.ndarray) -> "UserData":
         """The data of local rows `rows` (sorted), as a new UserData."""
         counts = self.train_counts[rows]
         ptr = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(counts, out=ptr[1:])
         return UserData(self.users[rows], ptr, self._train_items_of(rows), self.valid[rows], self.test[rows],
-                        self.never_trained)
+                        self.item_counts)
 
     def _train_items_of(self, rows: np.ndarray) -> np.ndarray:
         """The concatenated train items of `rows`, in row order."""

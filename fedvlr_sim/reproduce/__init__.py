@@ -21,7 +21,8 @@ from fedvlr_sim.reproduce.experiment import Choices
 
 # cells train in process (see jobs.py); every other option has the run defaults (docs/defaults.md)
 DEFAULTS = {"backend": "local"}
-SETTINGS_SHOWN = ("dim", "lr", "server_lr", "server_optimizer", "local_epochs", "neg_ratio", "batch_size", "rounds",
+SETTINGS_SHOWN = ("dim", "lr", "server_lr", "server_optimizer", "local_epochs", "neg_ratio", "neg_popularity",
+                  "batch_size", "rounds",
                   "patience", "min_rounds", "sample_ratio", "select_metric")
 
 

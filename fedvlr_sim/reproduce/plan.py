@@ -4,11 +4,12 @@ the cells a dataset cannot run set aside with their reason.
 Tuned cells follow the usual protocol: their hyper-parameters are chosen on valid with seed 0
 only, and seeds 1..N-1 rerun the chosen point. Seed 0 tunes in stages (`grid.py`): stage 1 is
 the client lr grid at the backbone's own hyper-parameters as configured (FedRAP: the default
-lambda and mu), stage 2 the backbone's own grid (FedRAP: lambda x mu) at stage 1's best lr. As
-later runs depend on earlier outcomes, a plan hands out its runs in phases
-(`Plan.next_jobs`, asked again as outcomes come in): phase 1 holds stage 1 of every tuned cell
-and every untuned run, phase 2 FedRAP's stage 2 and the other seeds of the cells already tuned,
-phase 3 the other seeds of FedRAP. The executor does not wait for a whole phase: a run starts
+lambda and mu), stage 2 the backbone's own grid (FedRAP: lambda x mu) at stage 1's best lr,
+stage 3 the other negative-sampling exponents at the best point so far. As later runs depend on
+earlier outcomes, a plan hands out its runs in phases (`Plan.next_jobs`, asked again as
+outcomes come in): phase 1 holds stage 1 of every tuned cell and every untuned run, phase 2
+FedRAP's stage 2 and the other cells' stage 3, phase 3 FedRAP's stage 3 and the other seeds of
+the other cells, phase 4 the other seeds of FedRAP. The executor does not wait for a whole phase: a run starts
 as soon as its inputs are in, the first in table order (`Plan.order`) first. A replicate whose runs all
 diverged selects nothing; its other seeds then have no point to rerun.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 from fedvlr_sim.config import RunConfig, require_folder
 from fedvlr_sim.errors import FedVLRError
 from fedvlr_sim.reproduce.experiment import Cell, Choices, Experiment
-from fedvlr_sim.reproduce.grid import backbone_stage, best_on_valid, lr_stage, point_name
+from fedvlr_sim.reproduce.grid import backbone_stage, best_on_valid, lr_stage, negatives_stage, point_name
 from fedvlr_sim.reproduce.jobs import Job, finished, load_cached
 
 
@@ -111,11 +112,17 @@ class Plan:
             chosen = r.tuned_on.selected(outcomes, self.metric)
             return r.add([chosen]) if chosen is not None else []
         r.stage += 1
-        backbone = r.cfg.model.backbone_def
+        backbone, settings = r.cfg.model.backbone_def, r.cfg.flat()
         if r.stage == 1:
-            return r.add(lr_stage(backbone, r.cfg.flat()))
-        chosen = r.selected(outcomes, self.metric) if r.stage == 2 else None
-        jobs = r.add(backbone_stage(backbone, chosen["lr"])) if chosen is not None else []
+            return r.add(lr_stage(backbone, settings))
+        chosen = r.selected(outcomes, self.metric)
+        if chosen is None or r.stage > 3:   # all diverged, or the last stage's outcomes are in
+            r.complete = True
+            return []
+        if r.stage == 2 and (jobs := r.add(backbone_stage(backbone, chosen["lr"]))):
+            return jobs
+        r.stage = 3
+        jobs = r.add(negatives_stage(chosen, settings))
         r.complete = not jobs
         return jobs
 
@@ -123,9 +130,10 @@ class Plan:
 def _stage_sizes(r: Replicate) -> int:
     if not r.cell.tuned or r.seed > 0:
         return 1
-    backbone = r.cfg.model.backbone_def
-    first = lr_stage(backbone, r.cfg.flat())
-    return len(first) + sum(p not in first for p in backbone_stage(backbone, first[0]["lr"]))
+    backbone, settings = r.cfg.model.backbone_def, r.cfg.flat()
+    first = lr_stage(backbone, settings)
+    return (len(first) + sum(p not in first for p in backbone_stage(backbone, first[0]["lr"]))
+            + len(negatives_stage(first[0], settings)))
 
 
 def slug(name: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedvlr_sim.reproduce.grid import LR_GRID, lr_stage
+from fedvlr_sim.reproduce.grid import LR_GRID, NEG_GRID, lr_stage, short_name
 from fedvlr_sim.reproduce.plan import Plan, Replicate
 from fedvlr_sim.reproduce.stats import mean_interval, wilcoxon
 
@@ -74,11 +74,13 @@ def _tuning(plan: Plan, metric: str) -> list[str]:
         if backbone.hyper_grid:
             staged.setdefault(r.cfg.model.backbone, (backbone.hyper_grid, lr_stage(backbone, r.cfg.flat())[0]))
     for name, (grid, at) in staged.items():
-        axes = " x ".join(f"{k.replace('fedrap_', '')} {{{', '.join(f'{v:g}' for v in values)}}}"
+        axes = " x ".join(f"{short_name(k)} {{{', '.join(f'{v:g}' for v in values)}}}"
                           for k, values in grid.items())
-        fixed = ", ".join(f"{k.replace('fedrap_', '')}={at[k]:g}" for k in grid)
+        fixed = ", ".join(f"{short_name(k)}={at[k]:g}" for k in grid)
         text += (f"; {name} in two stages: the lr at its default {fixed}, then {axes} at that lr "
                  f"(the default point shared)")
+    text += (f"; then, at the best point, negatives drawn by popularity with exponent "
+             f"{{{', '.join(f'{v:g}' for v in NEG_GRID)}}} (`--neg-popularity`)")
     others = {1: "", 2: "; seed 1 reruns the chosen point"}.get(plan.seeds, f"; seeds 1..{plan.seeds - 1} rerun the "
                                                                          "chosen point (one run each)")
     return [text + others + ". The chosen points are listed under each table."]
@@ -99,7 +101,7 @@ def _chosen(plan: Plan, rows: list[dict]) -> list[str]:
 def _point_text(point: dict | None) -> str:
     if point is None:
         return ""
-    return ", ".join(f"{k.replace('fedrap_', '')}={v:g}" for k, v in point.items())
+    return ", ".join(f"{short_name(k)}={v:g}" for k, v in point.items())
 
 
 def _dataset_table(plan: Plan, rows: list[dict], dataset: str, paired: bool = True,
