@@ -523,7 +523,7 @@ def q9_table(runner: Runner, seeds, server, why) -> str:
                         "The baseline is SPEC section 5's uniform negatives. With --neg-popularity beta > 0 a "
                         "negative is drawn with probability proportional to its item's train count^beta, so "
                         "items no user has in train are never negatives.", baseline=0.0, vary="neg",
-                        labels=labels, select=best_on_valid) + "\n".join(joint)
+                        labels=labels, select=best_on_valid) + "\n" + "\n".join(joint)
 
 
 # the questions after Q1, which take its server step: their runs and their table, in order
