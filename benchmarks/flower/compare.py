@@ -66,6 +66,13 @@ def time_flower(flower_python: str, data: Path, rounds: int, cpus_per_client: fl
     return json.loads(out.read_text())
 
 
+def default_server_lr() -> float:
+    """The server lr both sides use: fedvlr-sim's default, which export_data.py hands to Flower."""
+    from fedvlr_sim.config import RunConfig
+
+    return RunConfig().server.server_lr
+
+
 def fedvlr_versions() -> dict:
     from importlib.metadata import version
 
@@ -174,7 +181,8 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
                     "platform": platform.platform()},
         "workload": {"dataset": DATASET, "backbone": "fcf", "variant": "ours", "local_epochs": 5, "neg_ratio": 4,
-                     "batch_size": 2048, "dim": 64, "views": 3, "server": "Adam 0.01", "participation": 1.0,
+                     "batch_size": 2048, "dim": 64, "views": 3, "server": f"Adam {default_server_lr()}",
+                     "participation": 1.0,
                      "rounds_timed": args.rounds, "warmup_rounds": 1},
         "versions": {"fedvlr_sim": fedvlr_versions(), "flower": flower[sizes[0]]["versions"]},
         "fedvlr_sim_source": source,
