@@ -133,7 +133,8 @@ def q3_runs(seeds, server):
             for seed in seeds]
 
 
-Q4_CELLS = [("KU", b, "ours") for b in ("fcf", "fedavg", "fedncf", "pfedrec", "fedrap")] + \
+BACKBONES = ("fcf", "fedavg", "fedncf", "pfedrec", "fedrap")
+Q4_CELLS = [("KU", b, "ours") for b in BACKBONES] + \
            [("synthetic:ku", "fcf", "ours"), ("synthetic:ku", "fcf", "mlp")]
 
 
@@ -159,6 +160,11 @@ Q7_CELLS = [("KU", "fedncf", "mlp", 1.0), ("KU", "fedncf", "ours", 1.0), ("synth
 Q7_BASELINE = "viewnorm-modviews"
 
 
+def default_views(backbone: str) -> str:
+    """The fusion-input setting `--view-norm auto` gives a backbone since Q7."""
+    return "center-modviews" if backbone == "fedncf" else Q7_BASELINE
+
+
 def q7_runs(seeds, server):
     return [Run(ds, b, v, server, seed, min_rounds=20, fusion=f, lr=lr) for ds, b, v, lr in Q7_CELLS
             for f in (Q7_BASELINE, "center-modviews") for seed in seeds]
@@ -178,7 +184,7 @@ Q8_CELLS = ([("KU", "fedncf", v, 1.0, Q8_SERVERS) for v in ("none", "ours", "mlp
 
 def q8_runs(seeds, server):
     """The server lr grid (Q8 varies the server step itself, so the Q1 choice does not apply)."""
-    return [Run(ds, b, v, s, seed, min_rounds=20, fusion="center-modviews" if b == "fedncf" else Q7_BASELINE, lr=lr)
+    return [Run(ds, b, v, s, seed, min_rounds=20, fusion=default_views(b), lr=lr)
             for ds, b, v, lr, servers in Q8_CELLS for s in servers for seed in seeds]
 
 
@@ -186,7 +192,6 @@ Q9_NEGS = (0.0, 0.5, 1.0)
 Q9_LRS = (0.1, 1.0)
 # (dataset, backbone, variant, negative-sampling exponents): the client lr is chosen on valid per
 # seed among Q9_LRS; ML (minutes a run, popular targets) is run at lr 1, uniform against beta 1
-BACKBONES = ("fcf", "fedavg", "fedncf", "pfedrec", "fedrap")
 Q9_CELLS = ([(ds, b, "none", Q9_NEGS) for ds in ("Beauty", "KU") for b in BACKBONES]
             + [("KU", b, "ours", Q9_NEGS) for b in BACKBONES]
             + [("ML", b, "none", (0.0, 1.0)) for b in BACKBONES])
@@ -194,8 +199,7 @@ Q9_CELLS = ([(ds, b, "none", Q9_NEGS) for ds in ("Beauty", "KU") for b in BACKBO
 
 def q9_runs(seeds, server):
     """Negatives drawn by popularity (--neg-popularity), at the Q8 server step Adam 0.03."""
-    return [Run(ds, b, v, "adam0.03", seed, min_rounds=20, fusion="center-modviews" if b == "fedncf" else Q7_BASELINE,
-                lr=lr, neg=neg)
+    return [Run(ds, b, v, "adam0.03", seed, min_rounds=20, fusion=default_views(b), lr=lr, neg=neg)
             for ds, b, v, negs in Q9_CELLS for neg in negs for lr in ((1.0,) if ds == "ML" else Q9_LRS)
             for seed in seeds]
 

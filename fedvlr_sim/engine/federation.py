@@ -40,7 +40,7 @@ class Problem:
 
     @property
     def item_train_counts(self) -> np.ndarray:
-        return np.bincount(self.data.train_items, minlength=self.n_items)
+        return self.data.item_counts
 
     def cold(self, split: str = "test") -> np.ndarray:
         """Users whose held-out item of `split` never occurs in train."""
