@@ -26,6 +26,10 @@ mean +- 95 % t-interval over the seeds.
                       backbone none; uniform negatives vs --neg-popularity 0.5 and 1 (ML: 1
                       only); client lr chosen on valid per seed among 0.1 and 1 (ML: lr 1);
                       server Adam 0.03; otherwise as Q8 (Beauty must be prepared too)
+    Q10 head bias     Beauty and KU: fedavg, pfedrec, fedrap none (uniform negatives and
+                      --neg-popularity 1), KU: the same + ours (uniform); ML: the same none
+                      (uniform, lr 1); the head's bias b_u against --no-head-bias; client lr
+                      chosen on valid per seed among 0.1 and 1; otherwise as Q9
 
 All runs: --rounds 40 --patience 10, seeds 0 1 2 unless told otherwise.
 
@@ -81,14 +85,16 @@ class Run:
     fusion: str = "base"  # a key of FUSION_SETTINGS
     lr: float = 0.1       # the client lr
     neg: float = 0.0      # --neg-popularity (0: uniform negatives, the default)
+    head_bias: bool = True  # False: --no-head-bias
 
     @property
     def name(self) -> str:
         ds = self.dataset.replace(":", "_")
         lr = "" if self.lr == 0.1 else f"-lr{self.lr:g}"
         neg = f"-neg{self.neg:g}" if self.neg else ""
+        bias = "" if self.head_bias else "-nobias"
         return (f"{ds}-{self.backbone}-{self.variant}-{self.server}-mr{self.min_rounds}"
-                f"-{self.fusion}{lr}{neg}-s{self.seed}")
+                f"-{self.fusion}{lr}{neg}{bias}-s{self.seed}")
 
     def args(self, data_dir: str, rounds: int, patience: int, out: Path) -> list[str]:
         opt, lr = SERVER_STEPS[self.server]
@@ -100,6 +106,8 @@ class Run:
             args += ["--data-dir", data_dir]
         if self.neg:
             args += ["--neg-popularity", str(self.neg)]
+        if not self.head_bias:
+            args += ["--no-head-bias"]
         return args + fusion_flags(self.fusion)
 
     def expected_config(self, rounds: int, patience: int) -> dict:
@@ -109,7 +117,8 @@ class Run:
                 "server_optimizer": opt, "server_lr": lr, "rounds": rounds, "patience": patience,
                 "min_rounds": self.min_rounds, "seed": self.seed, "center_features": center,
                 "view_norm": view_norm, "modality_views": modality_views} | (
-                    {"neg_popularity": self.neg} if self.neg else {})
+                    {"neg_popularity": self.neg} if self.neg else {}) | (
+                    {} if self.head_bias else {"head_bias": False})
 
 
 def fusion_flags(setting: str) -> list[str]:
@@ -202,6 +211,20 @@ def q9_runs(seeds, server):
     return [Run(ds, b, v, "adam0.03", seed, min_rounds=20, fusion=default_views(b), lr=lr, neg=neg)
             for ds, b, v, negs in Q9_CELLS for neg in negs for lr in ((1.0,) if ds == "ML" else Q9_LRS)
             for seed in seeds]
+
+
+HEAD_BACKBONES = ("fedavg", "pfedrec", "fedrap")
+# (dataset, variant, negative-sampling exponents, client lrs) of Q10, for each head backbone
+Q10_CELLS = ([(ds, "none", (0.0, 1.0), Q9_LRS) for ds in ("Beauty", "KU")] + [("KU", "ours", (0.0,), Q9_LRS)]
+             + [("ML", "none", (0.0,), (1.0,))])
+
+
+def q10_runs(seeds, server):
+    """The score head's bias b_u against none (--no-head-bias), at Q9's settings; the runs with
+    the bias are Q9's."""
+    return [Run(ds, b, v, "adam0.03", seed, min_rounds=20, fusion=default_views(b), lr=lr, neg=neg, head_bias=bias)
+            for ds, v, negs, lrs in Q10_CELLS for b in HEAD_BACKBONES for neg in negs for lr in lrs
+            for bias in (True, False) for seed in seeds]
 
 
 # ---------------------------------------------------------------------------------------- running
@@ -530,10 +553,37 @@ def q9_table(runner: Runner, seeds, server, why) -> str:
                         labels=labels, select=best_on_valid) + "\n" + "\n".join(joint)
 
 
+def q10_table(runner: Runner, seeds, server, why) -> str:
+    labels = {True: "head bias b_u", False: "--no-head-bias"}
+    runs = q10_runs(seeds, server)
+    sections = []
+    for neg in (0.0, 1.0):
+        at_neg = [r for r in runs if r.neg == neg]
+        negatives = "uniform negatives" if neg == 0 else f"--neg-popularity {neg:g}"
+        sections.append(fusion_table(
+            runner, at_neg, (False,),
+            f"### Q10: the score head's bias, {negatives} (Adam 0.03, 40 rounds, patience 10 counted after round "
+            "20; client lr chosen on valid per seed among 0.1 and 1, ML at lr 1)",
+            "FedAvg, PFedRec and FedRAP score theta_u . e + b_u (a PyTorch Linear, as the authors' code) or "
+            "theta_u . e (SPEC's formula, --no-head-bias).", baseline=True, vary="head_bias", labels=labels,
+            select=best_on_valid))
+        cold = ["", f"Test HR@50 of the users whose test item no user has in train ({negatives}; mean over the "
+                "seeds of the run chosen on valid):", "", "| cell | head bias b_u | --no-head-bias |", "|---|---|---|"]
+        for ds, b, v in dict.fromkeys((r.dataset, r.backbone, r.variant) for r in at_neg):
+            chosen = {bias: best_on_valid(runner, [r for r in at_neg if (r.dataset, r.backbone, r.variant,
+                                                                          r.head_bias) == (ds, b, v, bias)])
+                      for bias in (True, False)}
+            if all(chosen.values()) and ds != "ML":
+                cold.append(f"| {ds} {b} + {v} | " + " | ".join(
+                    fmt([s["test_cold"]["hr@50"] for s in chosen[bias]]) for bias in (True, False)) + " |")
+        sections.append("\n".join(cold))
+    return "\n\n".join(sections)
+
+
 # the questions after Q1, which take its server step: their runs and their table, in order
 LATER_QUESTIONS = {"q2": (q2_runs, q2_table), "q3": (q3_runs, q3_table), "q4": (q4_runs, q4_table),
                    "q5": (q5_runs, q5_table), "q6": (q6_runs, q6_table), "q7": (q7_runs, q7_table),
-                   "q8": (q8_runs, q8_table), "q9": (q9_runs, q9_table)}
+                   "q8": (q8_runs, q8_table), "q9": (q9_runs, q9_table), "q10": (q10_runs, q10_table)}
 
 
 def machine() -> str:

@@ -72,6 +72,10 @@ class ModelConfig:
                             choices=("auto", "none", "rms", "center"))
     modality_views: bool = option(True, "Offer the router the modality-only views x_v, x_c, x_d beside "
                                   "Sum, MLP and Gate (+ours; doubles the views; docs/defaults.md).")
+    head_bias: bool = option(True, "Give the score head of fedavg, pfedrec and fedrap a per-user bias b_u "
+                             "(theta_u . e + b_u, a Linear layer as in the authors' code). Without it (theta_u . e) "
+                             "an item no user has in train keeps a neutral score, and with --neg-popularity ranks "
+                             "near the top (docs/defaults.md Q10).")
 
     def __post_init__(self):
         validate_fields(self)

@@ -158,7 +158,7 @@ def ref_shared(views: torch.Tensor, weights: torch.Tensor | None, items) -> torc
 def ref_score(backbone: str, local: dict, glob: dict, e: torch.Tensor) -> torch.Tensor:
     """Backbone logits for item representations e (..., w)."""
     if backbone in HEAD_BACKBONES:
-        return (e * local["head.w"]).sum(-1) + local["head.b"]
+        return (e * local["head.w"]).sum(-1) + local.get("head.b", 0.0)   # no head.b: --no-head-bias
     if backbone == "fcf":
         return (e * local["user"]).sum(-1)
     assert backbone == "fedncf"

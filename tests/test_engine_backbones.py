@@ -113,3 +113,22 @@ def test_evaluation_scores_equal_each_users_mixed_items_scored_one_by_one(backbo
     assert population.linear_scoring == (backbone in ("fcf", "fedavg"))
     torch.testing.assert_close(population.scores(users, glob), population.scores(users, glob, per_user=True),
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["fedavg", "pfedrec", "fedrap"])
+def test_no_head_bias_scores_theta_dot_e_and_keeps_no_bias_state(backbone):
+    """--no-head-bias: a head backbone scores theta_u . e (SPEC's formula) and stores no b_u;
+    the linear-head evaluation agrees with the per-user path without one."""
+    dataset = make_dataset(n_users=9, n_items=25, seed=4)
+    cfg = make_cfg(backbone=backbone, variant="none", head_bias=False)
+    assert "head.b" not in cfg.model.backbone_def.local_shapes(8, 25)
+    server, population = make_population(cfg, dataset)
+    assert "head.b" not in population.state_dict()
+    users = np.arange(9)
+    population.train(1, users, server.publish())
+    glob = server.publish()
+    local = {"head.w": torch.tensor([1.0, -2.0])}
+    e = torch.tensor([[3.0, 1.0], [0.0, 0.5]])
+    assert torch.equal(cfg.model.backbone_def.logits(local, glob, e), torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(population.scores(users, glob), population.scores(users, glob, per_user=True),
+                               atol=1e-5, rtol=1e-5)

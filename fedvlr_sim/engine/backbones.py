@@ -97,15 +97,19 @@ class Backbone:
 
 
 class HeadBackbone(Backbone):
-    """A per-user linear score head theta_u . e + b_u (FedAvg, PFedRec, FedRAP)."""
+    """A per-user linear score head theta_u . e, plus a bias b_u with `head_bias` (FedAvg,
+    PFedRec, FedRAP)."""
 
-    linear_head = ("head.w", "head.b")
+    @property
+    def linear_head(self):
+        return ("head.w", "head.b" if self.cfg.head_bias else None)
 
     def local_shapes(self, width, n_items):
-        return {"head.w": (width,), "head.b": ()}
+        return {"head.w": (width,)} | ({"head.b": ()} if self.cfg.head_bias else {})
 
     def logits(self, local, glob, e):
-        return e @ local["head.w"] + local["head.b"]
+        scores = e @ local["head.w"]
+        return scores + local["head.b"] if self.cfg.head_bias else scores
 
 
 @register
