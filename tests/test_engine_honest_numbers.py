@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedvlr_sim.engine.callbacks import History, reliance_shares
+from fedvlr_sim.engine.callbacks import BestRound, History, reliance_shares
 from fedvlr_sim.engine.metrics import COLD_PRIOR_BETAS, metrics_from_ranks, with_cold_prior
 from fedvlr_sim.engine.simulation import local_federation, summarize
 from fedvlr_sim.errors import FedVLRError
@@ -61,12 +61,37 @@ def test_a_huge_server_step_gives_a_low_finite_score_never_a_perfect_one(dataset
 
 
 def test_every_summary_has_the_random_reference_cold_shares_and_warnings(dataset):
-    cfg = make_cfg(rounds=2, variant="none")
+    cfg = make_cfg(rounds=2, variant="none", neg_popularity=1.0)
     summary = run_federation(cfg, local_federation(cfg, dataset))
     assert {"popularity", "cold_first", "random"} <= set(summary["baselines"])
     assert 0 < summary["cold_share"]["test"] < 1 and 0 <= summary["cold_share"]["valid"] <= 1
-    below = summary["valid"]["ndcg@50"] < summary["baselines_valid"]["popularity"]["ndcg@50"]
-    assert bool(summary["warnings"]) == below
+    below = {name for name in ("popularity", "random")
+             if summary["valid"]["ndcg@50"] < summary["baselines_valid"][name]["ndcg@50"]}
+    assert len(summary["warnings"]) == len(below)
+    assert ("popularity" in below) == any("below the popularity ranking" in w for w in summary["warnings"])
+    assert ("random" in below) == any("below a uniform random ranking" in w for w in summary["warnings"])
+
+
+def test_a_model_below_random_on_valid_is_flagged(dataset):
+    cfg = make_cfg(rounds=1, variant="none", neg_popularity=1.0)
+    fed = local_federation(cfg, dataset)
+    fed.run()
+    best = fed.callback(BestRound).best
+    best["valid"] = {k: 0.0 for k in best["valid"]}     # a model that never ranks a valid item in the top K
+    warnings = summarize(cfg, fed).warnings
+    assert any("below a uniform random ranking on valid ndcg@50" in w for w in warnings)
+
+
+def test_uniform_negatives_with_new_held_out_items_point_to_popularity_negatives(dataset):
+    uniform = make_cfg(rounds=1, variant="none")
+    summary = run_federation(uniform, local_federation(uniform, dataset))
+    assert summary["cold_share"]["test"] >= 0.05
+    (warning,) = [w for w in summary["warnings"] if "never occur in train" in w]
+    assert f"{100 * summary['cold_share']['test']:.0f}% of the test items" in warning
+    assert "--neg-popularity 1" in warning
+    weighted = make_cfg(rounds=1, variant="none", neg_popularity=1.0)
+    assert not any("never occur in train" in w
+                   for w in run_federation(weighted, local_federation(weighted, dataset))["warnings"])
 
 
 def test_a_private_run_with_popularity_negatives_warns_that_the_item_counts_are_not_accounted(dataset):

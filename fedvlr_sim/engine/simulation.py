@@ -21,6 +21,9 @@ from fedvlr_sim.engine.userdata import UserData
 from fedvlr_sim.errors import FedVLRError
 
 METRICS_FILE = "metrics.parquet"
+# a share of valid or test items never seen in train from which uniform negatives earn a warning
+# (Beauty 7.9% of valid and 27.3% of test items, KU 22.5% and 43.1%, MovieLens none)
+NEW_ITEMS_NOTABLE = 0.05
 
 
 def problem_of(dataset) -> Problem:
@@ -111,10 +114,17 @@ def summarize(cfg: RunConfig, fed: Federation, run_info: dict | None = None) -> 
     cold_prior = best["test"].get("cold_prior")
     if cold_prior:   # this model plus a valid-tuned prior for never-trained items
         references["cold_prior"], valid_references["cold_prior"] = cold_prior["test"], cold_prior["valid"]
+    cold_share = {split: float(problem.cold(split).mean()) for split in ("valid", "test")}
     warnings = []
-    if best["valid"] and best["valid"][metric] < valid_references["popularity"][metric]:
-        warnings.append(f"the selected model is below the popularity ranking on valid {metric} "
-                        f"({best['valid'][metric]:.4f} < {valid_references['popularity'][metric]:.4f})")
+    for reference, ranking in (("popularity", "the popularity ranking"), ("random", "a uniform random ranking")):
+        if best["valid"] and best["valid"][metric] < valid_references[reference][metric]:
+            warnings.append(f"the selected model is below {ranking} on valid {metric} "
+                            f"({best['valid'][metric]:.4f} < {valid_references[reference][metric]:.4f})")
+    if cfg.client.neg_popularity == 0 and max(cold_share.values()) >= NEW_ITEMS_NOTABLE:
+        warnings.append(f"{100 * cold_share['test']:.0f}% of the test items and {100 * cold_share['valid']:.0f}% "
+                        "of the valid items never occur in train; uniform negatives only ever push such items "
+                        "down, so models learn to rank them low (docs/findings.md); --neg-popularity 1 does not "
+                        "(docs/defaults.md Q9), and `fedvlr-sim sweep` chooses it on valid")
     if cfg.client.neg_popularity > 0 and cfg.client.dp_clip > 0:
         warnings.append("--neg-popularity hands every client the items' train counts; the reported "
                         "(epsilon, delta) covers the uploads only, not those counts")
@@ -127,6 +137,6 @@ def summarize(cfg: RunConfig, fed: Federation, run_info: dict | None = None) -> 
         baselines_cold={k: v["cold"] for k, v in references.items()},
         baselines_warm={k: v["warm"] for k, v in references.items()},
         seconds=fed.seconds, config=cfg.flat(), stopped=fed.stop_reason, baselines_valid=valid_references,
-        cold_share={split: float(problem.cold(split).mean()) for split in ("valid", "test")}, warnings=warnings,
+        cold_share=cold_share, warnings=warnings,
         cold_prior_beta=cold_prior["beta"] if cold_prior else None, modality_spearman=best.get("modality_spearman"), modality_reliance=best.get("modality_reliance"),
         dp=dp_report(cfg, problem.n_users, fed.round), run_info=dict(run_info or {}))
