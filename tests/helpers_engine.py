@@ -213,7 +213,7 @@ def reference_round(cfg: RunConfig, pop: ClientPopulation, round_idx: int, users
     globals at the end of the round}}.
     """
     reference_cfg, cfg = cfg, options(cfg)
-    state = clone_state(pop.params) | {"seen": pop.trained.clone()}
+    state = pop.state_dict()
     total = {k: torch.zeros_like(v) for k, v in glob.items()}
     weight, loss_sum, per_user, end_globals = 0.0, 0.0, {}, {}
     per_batch = max(1, cfg.batch_size // cfg.neg_ratio)

@@ -33,7 +33,7 @@ def test_server_step_equals_sgd_on_autograd_of_summed_client_losses(backbone, va
     cfg = make_cfg(backbone=backbone, variant=variant, local_epochs=1, batch_size=64, server_lr=server_lr)
     server, pop = make_population(cfg, dataset)
     reference = copy.deepcopy(server)
-    start_local = {k: v.clone() for k, v in pop.params.items()}
+    start_local = pop.state_dict()
     before = _params(server)
 
     round_idx = 2

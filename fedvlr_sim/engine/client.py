@@ -45,19 +45,30 @@ class ClientPopulation:
         self.privacy = privacy_of(client_cfg, seed)
         self.table_dtype = table_dtype(client_cfg.table_dtype, total_users or len(data.users), n_items, self.width)
         shapes = model.local_shapes(model_cfg, self.width, n_items)
-        self.params = {k: v.to(self.device) for k, v in model.init_local(shapes, seed, data.users, self.table_dtype).items()}
+        # Per-user state is stored in the order chunks take the users (by history length, see
+        # _chunks): a chunk of a full round is then one block of storage that trains in place.
+        # slot_of[row] is the storage position of local row `row`.
+        self.order = self._by_history(np.arange(len(data.users)))
+        self.slot_of = np.empty_like(self.order)
+        self.slot_of[self.order] = np.arange(len(self.order))
+        init = model.init_local(shapes, seed, data.users[self.order], self.table_dtype)
+        self.params = {k: v.to(self.device) for k, v in init.items()}
         self.trained = torch.zeros(len(data.users), dtype=torch.bool, device=self.device)   # finished a round
-        self.alpha = self.backbone.aggregation_weight(torch.from_numpy(data.train_counts)).to(self.device)
+        self.alpha = self.backbone.aggregation_weight(torch.from_numpy(data.train_counts[self.order])).to(self.device)
 
     # ---------------------------------------------------------------- helpers
     def rows_of(self, users: np.ndarray) -> np.ndarray:
         """Local row indices of global user ids (all must belong to this population)."""
         return np.searchsorted(self.data.users, users)
 
+    def _by_history(self, rows: np.ndarray) -> np.ndarray:
+        """`rows` sorted by history length (ties by row): the order of chunks and of storage."""
+        return rows[np.argsort(self.data.train_counts[rows], kind="stable")]
+
     def _chunks(self, rows: np.ndarray, per_user_cost) -> list[np.ndarray]:
         """Split rows, sorted by history length, into chunks whose padded cost (chunk size times
         the cost of its longest history) fits `chunk_elements`; at least one user per chunk."""
-        order = rows[np.argsort(self.data.train_counts[rows], kind="stable")]
+        order = self._by_history(rows)
         cost = per_user_cost(order)   # nondecreasing along `order`
         chunks, start = [], 0
         while start < len(order):
@@ -88,12 +99,22 @@ class ClientPopulation:
         return self.backbone.sparse_table is not None and not self.copies_globals
 
     def _local_chunk(self, rows: np.ndarray, prefix: str = "") -> dict[str, torch.Tensor]:
-        """Float32 copies of the local state of `rows` (only names starting with `prefix`)."""
-        index = self._index(rows)
-        return {k: v.index_select(0, index).float() for k, v in self.params.items() if k.startswith(prefix)}
+        """The float32 local state of `rows` (only names starting with `prefix`): views of the
+        storage when `rows` fill one block of it (so training steps it in place), else copies."""
+        where = self._where(rows)
+        return {k: v[where].float() for k, v in self.params.items() if k.startswith(prefix)}
+
+    def _where(self, rows: np.ndarray) -> slice | torch.Tensor:
+        """Where the per-user state of `rows` (in `_chunks` order) is stored: a slice when the
+        rows fill one block of storage, else the storage positions."""
+        slots = self.slot_of[rows]
+        if len(slots) and np.all(np.diff(slots) == 1):
+            return slice(int(slots[0]), int(slots[-1]) + 1)
+        return self._index(rows)
 
     def _index(self, rows: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(rows).to(self.device)
+        """Storage positions of local rows."""
+        return torch.from_numpy(self.slot_of[rows]).to(self.device)
 
     def _on_device(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device) for k, v in tensors.items()}
@@ -249,7 +270,7 @@ class ClientPopulation:
     def _store_chunk(self, rows, local, glob, hist, hist_mask) -> None:
         """Write the chunk's trained local state back (`glob` is what the users trained against:
         per-user copies with global_update=local)."""
-        index = self._index(rows)
+        where = self._where(rows)
         per_user = glob["views"].dim() == 4
 
         def shared_reps():
@@ -257,8 +278,10 @@ class ClientPopulation:
 
         with torch.no_grad():
             for name, value in self.backbone.end_round(local, shared_reps).items():
-                self.params[name][index] = value.detach().to(self.params[name].dtype)
-            self.trained[index] = True
+                stored = self.params[name][where]
+                if value.data_ptr() != stored.data_ptr():   # the same memory: stepped in place
+                    self.params[name][where] = value.detach().to(stored.dtype)
+            self.trained[where] = True
 
     # ---------------------------------------------------------------- evaluation
     @property
@@ -334,7 +357,9 @@ class ClientPopulation:
     # ---------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Local parameters and the trained flags (stored as `seen`), on the CPU, for checkpoints."""
-        return {k: v.cpu().contiguous() for k, v in self.params.items()} | {"seen": self.trained.cpu().clone()}
+        rows = self._index(np.arange(len(self.order)))    # storage order back to row order
+        return ({k: v.index_select(0, rows).cpu() for k, v in self.params.items()}
+                | {"seen": self.trained.index_select(0, rows).cpu()})
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Take a checkpoint's client state; it must hold this configuration's tensors."""
@@ -343,9 +368,11 @@ class ClientPopulation:
                 found = f"shape {tuple(state[k].shape)}" if k in state else "nothing"
                 raise FedVLRError(f"checkpoint: client state {k!r} has {found}, expected shape {tuple(current.shape)} "
                                   "(the run's configuration or data changed since the checkpoint)")
-            self.params[k] = state[k].to(self.device, current.dtype).clone()
+        slots = torch.from_numpy(self.order).to(self.device)   # row order to storage order
+        for k, current in self.params.items():
+            self.params[k] = state[k].to(self.device, current.dtype).index_select(0, slots)
         if "seen" in state:   # absent in checkpoints of backbones that did not use it
-            self.trained = state["seen"].to(self.device, torch.bool).clone()
+            self.trained = state["seen"].to(self.device, torch.bool).index_select(0, slots)
 
 
 def gather_view_rows(views: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

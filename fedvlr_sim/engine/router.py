@@ -52,9 +52,11 @@ class RankOneRouter:
         self.a = decay * self.a - lr * dz / scale[:, None]
 
     def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(W1 at the end of the round, the round's gradient of the views through h_u)."""
+        """(W1 at the end of the round, the round's gradient of the views through h_u). W1_0 is
+        read for the gradient, then stepped in place (the chunk's local state, often the
+        population's storage itself): one pass each."""
         with torch.no_grad():
-            w1 = self.c * self.w1 + self.h0[:, :, None] * self.a[:, None, :]
             grad_h = torch.bmm(self.w1, self.dz_sum[:, :, None])[:, :, 0] + self.h0 * self.a_dz_sum[:, None]
+            w1 = self.w1.baddbmm_(self.h0[:, :, None], self.a[:, None, :], beta=self.c)
         (grad_views,) = torch.autograd.grad(self.h, self.views, grad_h)
         return w1, grad_views
