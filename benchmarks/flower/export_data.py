@@ -45,6 +45,11 @@ def export_world(cfg: RunConfig, full, n_users: int, out: Path) -> Path:
     return path
 
 
+def user_state(population, row: int) -> dict[str, np.ndarray]:
+    """One user's local parameters (the population stores them in its own order)."""
+    return {name: value[row].numpy() for name, value in population.state_dict().items() if name != "seen"}
+
+
 def export_check(cfg: RunConfig, full, n_users: int, n_check: int, out: Path) -> Path:
     """fedvlr-sim's round-1 update of `n_check` users, one user at a time, with its inputs."""
     dataset = first_users(full, n_users)
@@ -61,13 +66,13 @@ def export_check(cfg: RunConfig, full, n_users: int, n_check: int, out: Path) ->
         arrays[f"{user}/neg"] = np.stack([b[1][0].numpy() for b in batches])
         arrays[f"{user}/mask"] = np.stack([b[2][0].numpy() for b in batches])
         arrays[f"{user}/hist"] = hist[0].numpy()
-        for name, value in population.params.items():
-            arrays[f"{user}/init/{name}"] = value[user].numpy().copy()
+        for name, value in user_state(population, user).items():
+            arrays[f"{user}/init/{name}"] = value
         upload = population.train(1, rows, glob)
         arrays[f"{user}/loss"] = np.float64(upload.loss_sum)
         arrays[f"{user}/grad_views"] = upload.grads["views"].numpy()
-        for name, value in population.params.items():
-            arrays[f"{user}/final/{name}"] = value[user].numpy().copy()
+        for name, value in user_state(population, user).items():
+            arrays[f"{user}/final/{name}"] = value
     path = out / "check.npz"
     np.savez(path, **arrays)
     return path
