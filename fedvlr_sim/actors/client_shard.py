@@ -69,7 +69,7 @@ class ClientShard:
         return self.population.router_weights(as_tensors(glob))
 
     def save(self, folder: str, index: int) -> None:
-        checkpoint.save_shard(Path(folder), index, self.population.data.users, self.population.state_dict())
+        checkpoint.save_shard(Path(folder), index, *self.population.checkpoint_state())
 
     def load(self, folder: str) -> None:
         self.population.load_state_dict(checkpoint.load_users_state(Path(folder), self.population.data.users))

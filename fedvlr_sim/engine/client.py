@@ -361,6 +361,12 @@ class ClientPopulation:
         return ({k: v.index_select(0, rows).cpu() for k, v in self.params.items()}
                 | {"seen": self.trained.index_select(0, rows).cpu()})
 
+    def checkpoint_state(self) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+        """(user ids, their local state and trained flags) in storage order, without copying:
+        a checkpoint's shard file names its users, so any order reads back (`load_state_dict`
+        takes the state in row order, as `checkpoint.load_users_state` gathers it)."""
+        return self.data.users[self.order], self.params | {"seen": self.trained}
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Take a checkpoint's client state; it must hold this configuration's tensors."""
         for k, current in self.params.items():

@@ -123,7 +123,7 @@ class LocalPool:
 
     def save(self, folder: Path) -> None:
         for index, shard in enumerate(self.shards):
-            checkpoint.save_shard(folder, index, shard.data.users, shard.state_dict())
+            checkpoint.save_shard(folder, index, *shard.checkpoint_state())
 
     def load(self, folder: Path) -> None:
         for shard in self.shards:
