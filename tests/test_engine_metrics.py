@@ -128,6 +128,18 @@ def _drawn_negatives(pop, rows) -> list[np.ndarray]:
     return [negatives[i][:, mask[i].bool()].reshape(-1).numpy() for i in range(len(rows))]
 
 
+def test_uniform_negatives_are_equally_likely_among_the_items_outside_the_train_set():
+    # user 0's train items are scattered (0, 4, 5 and the last item, 11): every other item is
+    # drawn with probability 1/8
+    ds = dataset_from_lists(12, [[0, 4, 5, 11], [1, 2]], valid=[3, 3], test=[6, 6])
+    cfg = make_cfg(backbone="fcf", variant="none", local_epochs=400, neg_ratio=50)
+    _, pop = make_population(cfg, ds)
+    counts = np.bincount(_drawn_negatives(pop, np.array([0]))[0], minlength=12)
+    assert counts[[0, 4, 5, 11]].sum() == 0
+    free = np.setdiff1d(np.arange(12), [0, 4, 5, 11])
+    np.testing.assert_allclose(counts[free] / counts.sum(), 1 / 8, atol=0.01)
+
+
 def test_popularity_weighted_negatives_follow_the_train_count_to_the_power_beta():
     # items 0..3 have 1, 2, 3 and 4 train users (users 1-4 train on 0.., user 0 trains on nothing
     # of them); item 4 is never in train, item 5 is user 0's own train item

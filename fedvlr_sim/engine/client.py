@@ -133,14 +133,20 @@ class ClientPopulation:
         Shape (n, A, width, r); entry (epoch, position, k) of user u depends only on
         (seed, round, u, epoch, position, k)."""
         epochs, r = self.cfg.local_epochs, self.cfg.neg_ratio
-        free = ~self.data.train_matrix(rows, self.n_items).to(self.device)
         counters = (np.arange(epochs)[:, None, None] << 40) | (np.arange(width)[None, :, None] << 8) | np.arange(r)
         u = torch.from_numpy(uniform(self.seed, Stream.NEGATIVES, round_idx, self.data.users[rows], counters.ravel()))
         u = u.to(self.device)
         if self.cfg.neg_popularity == 0:
-            free_cumsum = torch.cumsum(free, dim=1)
-            target = torch.floor(u * free_cumsum[:, -1:].double()).long() + 1
-            return torch.searchsorted(free_cumsum, target).reshape(len(rows), epochs, width, r)
+            # the k-th (from 0) item outside a user's train items t_0 < t_1 < ... is
+            # k + #{j : t_j - j <= k}, as t_j - j free items precede t_j: a search in the user's
+            # history instead of in all items
+            hist, hist_mask = self._history(rows)
+            beyond = torch.iinfo(torch.int64).max
+            taken = torch.where(hist_mask > 0, hist, beyond).sort(dim=1).values
+            free_before = torch.where(taken < beyond, taken - torch.arange(taken.shape[1], device=self.device), beyond)
+            k = torch.floor(u * (self.n_items - hist_mask.sum(dim=1, keepdim=True).double())).long()
+            return (k + torch.searchsorted(free_before, k, side="right")).reshape(len(rows), epochs, width, r)
+        free = ~self.data.train_matrix(rows, self.n_items).to(self.device)
         counts = torch.from_numpy(self.data.item_counts).to(self.device, torch.float64)
         weighted = free * counts ** self.cfg.neg_popularity
         weighted = torch.where(weighted.sum(dim=1, keepdim=True) > 0, weighted, free.double())
