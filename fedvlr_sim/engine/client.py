@@ -388,19 +388,23 @@ class ClientPopulation:
 
 
 def gather_view_rows(views: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """The views at each user's items (n, ...), shape (G, n, ..., w): from shared views
-    (G, I, w) by one index_select (its gradient is one index_add, several times faster on the
-    CPU than indexing inside vmap), or from per-user copies (n, G, I, w)."""
+    """The views at each user's items (n, ...), shape (n, G, ..., w): from shared views
+    (G, I, w) by one index_select of rows g I + item (its gradient is one index_add, several
+    times faster on the CPU than indexing inside vmap), or from per-user copies (n, G, I, w).
+    Users first, so mixing them is a batched product that reads the rows where they lie."""
+    n_views, n_items, width = views.shape[-3:]
     if views.dim() == 3:
-        return views.index_select(1, items.reshape(-1)).view(views.shape[0], *items.shape, views.shape[-1])
-    return vmap(lambda own, its: own[:, its])(views, items).movedim(1, 0)
+        offsets = torch.arange(n_views, device=items.device).view(1, n_views, *(1,) * (items.dim() - 1)) * n_items
+        flat = (items.unsqueeze(1) + offsets).reshape(-1)
+        return views.reshape(-1, width).index_select(0, flat).view(len(items), n_views, *items.shape[1:], width)
+    return vmap(lambda own, its: own[:, its])(views, items)
 
 
 def mix_rows(weights: torch.Tensor, view_rows: torch.Tensor) -> torch.Tensor:
     """Every user's mixture sum_j w_uj F_j at its items: weights (n, G), the views at the
-    items (G, n, ..., w) -> (n, ..., w). One einsum for all users: forward and backward are
-    about 4x faster than a per-user tensordot under vmap."""
-    return torch.einsum("ng,gn...w->n...w", weights, view_rows)
+    items (n, G, ..., w) -> (n, ..., w). One batched product for all users: forward and backward
+    are about 4x faster than a per-user tensordot under vmap."""
+    return torch.einsum("ng,ng...w->n...w", weights, view_rows)
 
 
 def table_dtype(requested: str, n_users: int, n_items: int, width: int) -> torch.dtype:

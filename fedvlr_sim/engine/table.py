@@ -45,12 +45,12 @@ class SparseTable:
 
     def rows(self, items: torch.Tensor, view_rows: torch.Tensor) -> torch.Tensor:
         """T at `items` (n, ...), a leaf to differentiate the minibatch loss against, given the
-        views at those items (G, n, ..., w); `step` must follow with the same items."""
+        views at those items (n, G, ..., w); `step` must follow with the same items."""
         width = self.x.shape[2]
         self._flat_items = (items + user_broadcast(self.users, items) * self.x.shape[1]).reshape(-1)
         x_rows = self.x.view(-1, width).index_select(0, self._flat_items).view(*items.shape, width)
         self._view_rows = view_rows
-        mixed = torch.einsum("ng,gn...w->n...w", self.coef, self._view_rows)
+        mixed = torch.einsum("ng,ng...w->n...w", self.coef, self._view_rows)
         return (user_broadcast(self.scale, x_rows) * x_rows + mixed).requires_grad_()
 
     def add_view_grad(self, coef: torch.Tensor) -> None:
@@ -79,7 +79,7 @@ class SparseTable:
             after = table.index_select(0, flat_items)
             squares, with_views = self._inner
             squares += ((after + before) * flat_change).view(len(self.users), -1).sum(dim=1)   # rows grouped by user
-            with_views += torch.einsum("n...w,gn...w->ng", change, self._view_rows)
+            with_views += torch.einsum("n...w,ng...w->ng", change, self._view_rows)
         if self._defers:
             weighted = self.view_coef.T.reshape(-1, *change.shape[:1], *(1,) * (change.dim() - 1)) * change
             self.view_grad.index_add_(1, items.reshape(-1), weighted.reshape(len(self.views), -1, change.shape[-1]),
