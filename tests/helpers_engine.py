@@ -224,7 +224,7 @@ def reference_round(cfg: RunConfig, pop: ClientPopulation, round_idx: int, users
         history = torch.from_numpy(data.train_items[data.train_ptr[row]:data.train_ptr[row + 1]].copy())
         n = len(history)
         mask = torch.ones(1, n)
-        negatives = pop.negatives(round_idx, np.array([row]), n)[0]                     # (A, n, r)
+        negatives = pop.negatives(round_idx, np.array([row]), history[None], mask)[0]   # (A, n, r)
         order = pop.positive_order(round_idx, np.array([row]), mask)[0]                 # (A, n)
         local = {k: v[row].float().clone().requires_grad_() for k, v in state.items() if k != "seen"}
         if cfg.backbone == "pfedrec":   # the round's fine-tuning offset of the local item copy

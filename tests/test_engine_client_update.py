@@ -135,7 +135,7 @@ def test_fedrap_regulariser_uses_curriculum_weights_and_pushes_personal_table_aw
         e = glob["views"][0]
         size = e.numel()
         hist, mask = pop.data.padded_history(np.array([0]))
-        touched = set(hist[0].tolist()) | set(pop.negatives(round_idx, np.array([0]), hist.shape[1])[0].reshape(-1).tolist())
+        touched = set(hist[0].tolist()) | set(pop.negatives(round_idx, np.array([0]), hist, mask)[0].reshape(-1).tolist())
         free = [i for i in range(dataset.n_items) if i not in touched]
         assert free, "need an item the data loss never touches"
         upload = pop.train(round_idx, [user], glob)

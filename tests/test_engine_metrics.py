@@ -99,7 +99,7 @@ def test_item_zero_is_never_drawn_as_negative_for_a_user_who_trained_on_it():
     _, pop = make_population(cfg, ds)
     rows = np.array([0, 1])
     hist, mask = pop.data.padded_history(rows)
-    negatives = pop.negatives(1, rows, hist.shape[1])
+    negatives = pop.negatives(1, rows, hist, mask)
     drawn = negatives[0][mask[0].bool()[None, :, None].expand(cfg.client.local_epochs, -1, cfg.client.neg_ratio)]
     assert 0 not in set(drawn.tolist())
 
@@ -110,7 +110,7 @@ def test_negatives_are_items_outside_the_users_train_set():
     _, pop = make_population(cfg, ds)
     rows = np.arange(ds.n_users)
     hist, mask = pop.data.padded_history(rows)
-    negatives = pop.negatives(1, rows, hist.shape[1])
+    negatives = pop.negatives(1, rows, hist, mask)
     drawn_anything = set()
     for row in rows:
         train = set(hist[row][mask[row].bool()].tolist())
@@ -124,7 +124,7 @@ def test_negatives_are_items_outside_the_users_train_set():
 def _drawn_negatives(pop, rows) -> list[np.ndarray]:
     """Each row's negatives at its real positions, over every epoch."""
     hist, mask = pop.data.padded_history(rows)
-    negatives = pop.negatives(1, rows, hist.shape[1])
+    negatives = pop.negatives(1, rows, hist, mask)
     return [negatives[i][:, mask[i].bool()].reshape(-1).numpy() for i in range(len(rows))]
 
 

@@ -48,7 +48,7 @@ def test_server_step_equals_sgd_on_autograd_of_summed_client_losses(backbone, va
     objective, weight = 0.0, 0.0
     for row, u in enumerate(pop.data.users):
         items = torch.from_numpy(pop.data.train_items[pop.data.train_ptr[row]:pop.data.train_ptr[row + 1]].copy())
-        neg = pop.negatives(round_idx, np.array([row]), len(items))[0, 0]     # epoch 0
+        neg = pop.negatives(round_idx, np.array([row]), items[None], torch.ones(1, len(items)))[0, 0]     # epoch 0
         local = {k: v[row].float() for k, v in start_local.items() if k != "seen"}
         if backbone == "pfedrec":
             local["table"] = torch.zeros_like(local["table"])

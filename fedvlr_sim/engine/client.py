@@ -124,15 +124,16 @@ class ClientPopulation:
         return hist.to(self.device), hist_mask.to(self.device)
 
     # ---------------------------------------------------------------- training
-    def negatives(self, round_idx: int, rows: np.ndarray, width: int) -> torch.Tensor:
-        """Negatives among items the user has not interacted with in train, for positions
-        0..width-1 of each epoch: uniform, or with `neg_popularity` beta > 0 weighted by the
-        item's train count to the power beta, so items no user has in train are never drawn
-        (uniform again for a user left with none to draw).
+    def negatives(self, round_idx: int, rows: np.ndarray, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
+        """Negatives among items the user has not interacted with in train (`hist`, real where
+        `hist_mask`; see `_history`), for each position of `hist` in each epoch: uniform, or
+        with `neg_popularity` beta > 0 weighted by the item's train count to the power beta, so
+        items no user has in train are never drawn (uniform again for a user left with none to
+        draw).
 
-        Shape (n, A, width, r); entry (epoch, position, k) of user u depends only on
+        Shape (n, A, T, r) for hist (n, T); entry (epoch, position, k) of user u depends only on
         (seed, round, u, epoch, position, k)."""
-        epochs, r = self.cfg.local_epochs, self.cfg.neg_ratio
+        epochs, r, width = self.cfg.local_epochs, self.cfg.neg_ratio, hist.shape[1]
         counters = (np.arange(epochs)[:, None, None] << 40) | (np.arange(width)[None, :, None] << 8) | np.arange(r)
         u = torch.from_numpy(uniform(self.seed, Stream.NEGATIVES, round_idx, self.data.users[rows], counters.ravel()))
         u = u.to(self.device)
@@ -140,7 +141,6 @@ class ClientPopulation:
             # the k-th (from 0) item outside a user's train items t_0 < t_1 < ... is
             # k + #{j : t_j - j <= k}, as t_j - j free items precede t_j: a search in the user's
             # history instead of in all items
-            hist, hist_mask = self._history(rows)
             beyond = torch.iinfo(torch.int64).max
             taken = torch.where(hist_mask > 0, hist, beyond).sort(dim=1).values
             free_before = torch.where(taken < beyond, taken - torch.arange(taken.shape[1], device=self.device), beyond)
@@ -166,7 +166,7 @@ class ClientPopulation:
     def minibatches(self, round_idx: int, rows: np.ndarray, hist: torch.Tensor, hist_mask: torch.Tensor):
         """Yield (positives (n, b), negatives (n, b, r), mask (n, b)) for every local step of
         every epoch: each epoch visits a user's positives in a fresh random order."""
-        negatives = self.negatives(round_idx, rows, hist.shape[1])
+        negatives = self.negatives(round_idx, rows, hist, hist_mask)
         order = self.positive_order(round_idx, rows, hist_mask)
         per_batch = max(1, self.cfg.batch_size // self.cfg.neg_ratio)
         for epoch in range(self.cfg.local_epochs):
