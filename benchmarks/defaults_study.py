@@ -30,6 +30,9 @@ mean +- 95 % t-interval over the seeds.
                       --neg-popularity 1), KU: the same + ours (uniform); ML: the same none
                       (uniform, lr 1); the head's bias b_u against --no-head-bias; client lr
                       chosen on valid per seed among 0.1 and 1; otherwise as Q9
+    Q11 rounds        KU: every backbone none and ours at --rounds 100, each seed at the negatives
+                      and client lr Q9 chose for it on valid (Q9 must have run); against Q9's
+                      40-round choice
 
 All runs: --rounds 40 --patience 10, seeds 0 1 2 unless told otherwise.
 
@@ -86,6 +89,7 @@ class Run:
     lr: float = 0.1       # the client lr
     neg: float = 0.0      # --neg-popularity (0: uniform negatives, the default)
     head_bias: bool = True  # False: --no-head-bias
+    rounds: int = 0       # most rounds (0: the study's --rounds)
 
     @property
     def name(self) -> str:
@@ -93,11 +97,13 @@ class Run:
         lr = "" if self.lr == 0.1 else f"-lr{self.lr:g}"
         neg = f"-neg{self.neg:g}" if self.neg else ""
         bias = "" if self.head_bias else "-nobias"
+        rounds = f"-r{self.rounds}" if self.rounds else ""
         return (f"{ds}-{self.backbone}-{self.variant}-{self.server}-mr{self.min_rounds}"
-                f"-{self.fusion}{lr}{neg}{bias}-s{self.seed}")
+                f"-{self.fusion}{lr}{neg}{bias}{rounds}-s{self.seed}")
 
     def args(self, data_dir: str, rounds: int, patience: int, out: Path) -> list[str]:
         opt, lr = SERVER_STEPS[self.server]
+        rounds = self.rounds or rounds
         args = ["run", "--dataset", self.dataset, "--backbone", self.backbone, "--variant", self.variant,
                 "--lr", str(self.lr), "--server-optimizer", opt, "--server-lr", str(lr), "--rounds", str(rounds),
                 "--patience", str(patience), "--min-rounds", str(self.min_rounds), "--seed", str(self.seed),
@@ -112,6 +118,7 @@ class Run:
 
     def expected_config(self, rounds: int, patience: int) -> dict:
         opt, lr = SERVER_STEPS[self.server]
+        rounds = self.rounds or rounds
         center, view_norm, modality_views = FUSION_SETTINGS[self.fusion]
         return {"dataset": self.dataset, "backbone": self.backbone, "variant": self.variant, "lr": self.lr,
                 "server_optimizer": opt, "server_lr": lr, "rounds": rounds, "patience": patience,
@@ -133,11 +140,11 @@ def q1_runs(seeds, backbones):
             for seed in seeds]
 
 
-def q2_runs(seeds, server):
+def q2_runs(runner, seeds, server):
     return [Run("KU", "fedncf", "ours", server, seed, min_rounds=m) for m in (0, 20) for seed in seeds]
 
 
-def q3_runs(seeds, server):
+def q3_runs(runner, seeds, server):
     return [Run(ds, "fcf", "ours", server, seed, fusion=f) for ds in ("KU", "synthetic:ku") for f in ("base", "fusion3")
             for seed in seeds]
 
@@ -147,7 +154,7 @@ Q4_CELLS = [("KU", b, "ours") for b in BACKBONES] + \
            [("synthetic:ku", "fcf", "ours"), ("synthetic:ku", "fcf", "mlp")]
 
 
-def q4_runs(seeds, server, cells=Q4_CELLS, settings=("viewnorm",)):
+def q4_runs(runner, seeds, server, cells=Q4_CELLS, settings=("viewnorm",)):
     return [Run(ds, b, v, server, seed, min_rounds=20, fusion=f) for ds, b, v in cells
             for f in ("base", *settings) for seed in seeds]
 
@@ -155,12 +162,12 @@ def q4_runs(seeds, server, cells=Q4_CELLS, settings=("viewnorm",)):
 Q5_SETTINGS = ("center", "modviews", "viewnorm-modviews")
 
 
-def q5_runs(seeds, server):
-    return q4_runs(seeds, server, [("KU", "fcf", "ours"), ("synthetic:ku", "fcf", "ours")], Q5_SETTINGS)
+def q5_runs(runner, seeds, server):
+    return q4_runs(runner, seeds, server, [("KU", "fcf", "ours"), ("synthetic:ku", "fcf", "ours")], Q5_SETTINGS)
 
 
-def q6_runs(seeds, server):
-    return q4_runs(seeds, server, settings=("viewnorm-modviews",))
+def q6_runs(runner, seeds, server):
+    return q4_runs(runner, seeds, server, settings=("viewnorm-modviews",))
 
 
 # (dataset, backbone, variant, client lr): FedNCF at the lr KU's table 2 chose for it
@@ -174,7 +181,7 @@ def default_views(backbone: str) -> str:
     return "center-modviews" if backbone == "fedncf" else Q7_BASELINE
 
 
-def q7_runs(seeds, server):
+def q7_runs(runner, seeds, server):
     return [Run(ds, b, v, server, seed, min_rounds=20, fusion=f, lr=lr) for ds, b, v, lr in Q7_CELLS
             for f in (Q7_BASELINE, "center-modviews") for seed in seeds]
 
@@ -191,7 +198,7 @@ Q8_CELLS = ([("KU", "fedncf", v, 1.0, Q8_SERVERS) for v in ("none", "ours", "mlp
             + [("ML", b, "none", 1.0, Q8_SERVERS[1:2]) for b in ("pfedrec", "fedrap")])
 
 
-def q8_runs(seeds, server):
+def q8_runs(runner, seeds, server):
     """The server lr grid (Q8 varies the server step itself, so the Q1 choice does not apply)."""
     return [Run(ds, b, v, s, seed, min_rounds=20, fusion=default_views(b), lr=lr)
             for ds, b, v, lr, servers in Q8_CELLS for s in servers for seed in seeds]
@@ -206,7 +213,7 @@ Q9_CELLS = ([(ds, b, "none", Q9_NEGS) for ds in ("Beauty", "KU") for b in BACKBO
             + [("ML", b, "none", (0.0, 1.0)) for b in BACKBONES])
 
 
-def q9_runs(seeds, server):
+def q9_runs(runner, seeds, server):
     """Negatives drawn by popularity (--neg-popularity), at the Q8 server step Adam 0.03."""
     return [Run(ds, b, v, "adam0.03", seed, min_rounds=20, fusion=default_views(b), lr=lr, neg=neg)
             for ds, b, v, negs in Q9_CELLS for neg in negs for lr in ((1.0,) if ds == "ML" else Q9_LRS)
@@ -219,12 +226,28 @@ Q10_CELLS = ([(ds, "none", (0.0, 1.0), Q9_LRS) for ds in ("Beauty", "KU")] + [("
              + [("ML", "none", (0.0,), (1.0,))])
 
 
-def q10_runs(seeds, server):
+def q10_runs(runner, seeds, server):
     """The score head's bias b_u against none (--no-head-bias), at Q9's settings; the runs with
     the bias are Q9's."""
     return [Run(ds, b, v, "adam0.03", seed, min_rounds=20, fusion=default_views(b), lr=lr, neg=neg, head_bias=bias)
             for ds, v, negs, lrs in Q10_CELLS for b in HEAD_BACKBONES for neg in negs for lr in lrs
             for bias in (True, False) for seed in seeds]
+
+
+Q11_ROUNDS = 100
+
+
+def q11_runs(runner, seeds, server):
+    """KU's Q9 cells at Q11_ROUNDS rounds, each seed at the negatives and client lr its 40-round
+    grid chose on valid (so Q9 must have run); the 40-round choices are Q9's runs."""
+    grid = [r for r in q9_runs(runner, seeds, server) if r.dataset == "KU"]
+    runs = []
+    for ds, b, v in dict.fromkeys((r.dataset, r.backbone, r.variant) for r in grid):
+        for chosen in best_on_valid(runner, [r for r in grid if (r.dataset, r.backbone, r.variant) == (ds, b, v)]):
+            cfg = chosen["config"]
+            runs.append(Run(ds, b, v, "adam0.03", cfg["seed"], min_rounds=20, fusion=default_views(b), lr=cfg["lr"],
+                            neg=cfg.get("neg_popularity", 0.0), rounds=Q11_ROUNDS))
+    return runs
 
 
 # ---------------------------------------------------------------------------------------- running
@@ -418,7 +441,7 @@ def q2_table(runner: Runner, seeds, server, why) -> str:
            "40 rounds, patience 10)", "", f"Server step {why}.", "", HEAD]
     per = {}
     for m in (0, 20):
-        sums = loaded(runner, [r for r in q2_runs(seeds, server) if r.min_rounds == m])
+        sums = loaded(runner, [r for r in q2_runs(runner, seeds, server) if r.min_rounds == m])
         per[m] = sums
         if sums:
             out.append(row("fedncf + ours", f"--min-rounds {m}", cell(sums)))
@@ -435,31 +458,31 @@ def q2_table(runner: Runner, seeds, server, why) -> str:
 
 def q3_table(runner: Runner, seeds, server, why) -> str:
     flags = " ".join(fusion_flags("fusion3"))
-    return fusion_table(runner, q3_runs(seeds, server), ("fusion3",),
+    return fusion_table(runner, q3_runs(runner, seeds, server), ("fusion3",),
                         f"### Q3: fusion inputs (fcf + ours, {SERVER_LABEL[server]}, 40 rounds, patience 10)",
                         f"Server step {why}. 'all three' = `{flags}`.")
 
 
 def q4_table(runner: Runner, seeds, server, why) -> str:
-    return fusion_table(runner, q4_runs(seeds, server), ("viewnorm",),
+    return fusion_table(runner, q4_runs(runner, seeds, server), ("viewnorm",),
                         f"### Q4: `--view-norm rms` alone ({SERVER_LABEL[server]}, client lr 0.1, 40 rounds, "
                         "patience 10 counted after round 20)", f"Server step {why}.")
 
 
 def q5_table(runner: Runner, seeds, server, why) -> str:
-    return fusion_table(runner, q5_runs(seeds, server), Q5_SETTINGS,
+    return fusion_table(runner, q5_runs(runner, seeds, server), Q5_SETTINGS,
                         f"### Q5: each fusion-input piece (fcf + ours, {SERVER_LABEL[server]}, client lr 0.1, 40 "
                         "rounds, patience 10 counted after round 20)", f"Server step {why}.")
 
 
 def q6_table(runner: Runner, seeds, server, why) -> str:
-    return fusion_table(runner, q6_runs(seeds, server), ("viewnorm-modviews",),
+    return fusion_table(runner, q6_runs(runner, seeds, server), ("viewnorm-modviews",),
                         f"### Q6: `--view-norm rms --modality-views` on every cell of Q4 ({SERVER_LABEL[server]}, "
                         "client lr 0.1, 40 rounds, patience 10 counted after round 20)", f"Server step {why}.")
 
 
 def q7_table(runner: Runner, seeds, server, why) -> str:
-    return fusion_table(runner, q7_runs(seeds, server), ("center-modviews",),
+    return fusion_table(runner, q7_runs(runner, seeds, server), ("center-modviews",),
                         f"### Q7: views centred on their item mean before the RMS ({SERVER_LABEL[server]}, "
                         "client lr 1 for fedncf and 0.1 for the others, 40 rounds, patience 10 counted after round 20)",
                         f"Server step {why}. The baseline is Q6's default, `--view-norm rms --modality-views`.",
@@ -467,7 +490,7 @@ def q7_table(runner: Runner, seeds, server, why) -> str:
 
 
 def q8_table(runner: Runner, seeds, server, why) -> str:
-    return fusion_table(runner, q8_runs(seeds, server), Q8_SERVERS[1:],
+    return fusion_table(runner, q8_runs(runner, seeds, server), Q8_SERVERS[1:],
                         "### Q8: server Adam lr (client lr 1 for fedncf and on ML, 0.1 for the others, each cell "
                         "at its default views, 40 rounds, patience 10 counted after round 20)",
                         "The baseline is the default until Q8, Adam 0.01.", baseline="adam", vary="server",
@@ -532,7 +555,7 @@ def fusion_table(runner: Runner, runs: list[Run], settings: tuple[str, ...], tit
 
 def q9_table(runner: Runner, seeds, server, why) -> str:
     labels = {neg: "uniform" if neg == 0 else f"--neg-popularity {neg:g}" for neg in Q9_NEGS}
-    runs = q9_runs(seeds, server)
+    runs = q9_runs(runner, seeds, server)
     joint = ["", "The exponent chosen on valid too (per seed, the run of highest VALID NDCG@50 among every "
              "exponent and lr of the cell), as `sweep` and `reproduce` now tune it:", "",
              "| cell | test HR@50 | test NDCG@50 | valid NDCG@50 | chosen exponent / lr (per seed) |",
@@ -555,7 +578,7 @@ def q9_table(runner: Runner, seeds, server, why) -> str:
 
 def q10_table(runner: Runner, seeds, server, why) -> str:
     labels = {True: "head bias b_u", False: "--no-head-bias"}
-    runs = q10_runs(seeds, server)
+    runs = q10_runs(runner, seeds, server)
     sections = []
     for neg in (0.0, 1.0):
         at_neg = [r for r in runs if r.neg == neg]
@@ -580,10 +603,35 @@ def q10_table(runner: Runner, seeds, server, why) -> str:
     return "\n\n".join(sections)
 
 
+def q11_table(runner: Runner, seeds, server, why) -> str:
+    grid = [r for r in q9_runs(runner, seeds, server) if r.dataset == "KU"]
+    longer = q11_runs(runner, seeds, server)
+    labels = {0: "40 rounds (Q9's choice)", Q11_ROUNDS: f"{Q11_ROUNDS} rounds"}
+    table = fusion_table(
+        runner, grid + longer, (Q11_ROUNDS,),
+        f"### Q11: the rounds budget, 40 against {Q11_ROUNDS} (KU, Adam 0.03, patience 10 counted after round 20; "
+        "each seed at the negatives and client lr its 40-round grid chose on valid)",
+        "The 40-round rows are Q9's runs chosen on valid; the longer runs repeat each chosen point with "
+        f"--rounds {Q11_ROUNDS}, so the only difference is the budget.", baseline=0, vary="rounds", labels=labels,
+        select=best_on_valid)
+    gap = ["", "+ours - plain per seed at each budget (points; * = interval excludes 0):", "",
+           "| backbone | budget | Δ test HR@50 | Δ test NDCG@50 | Δ valid NDCG@50 |", "|---|---|---|---|---|"]
+    for b in BACKBONES:
+        for rounds, runs in ((0, grid), (Q11_ROUNDS, longer)):
+            plain, ours = (best_on_valid(runner, [r for r in runs if (r.backbone, r.variant) == (b, v)])
+                           for v in ("none", "ours"))
+            if plain and len(plain) == len(ours):
+                gap.append(f"| {b} | {labels[rounds]} | {paired(plain, ours, lambda s: s['test']['hr@50'])} | "
+                           f"{paired(plain, ours, lambda s: s['test']['ndcg@50'])} | "
+                           f"{paired(plain, ours, lambda s: s['valid']['ndcg@50'])} |")
+    return table + "\n" + "\n".join(gap)
+
+
 # the questions after Q1, which take its server step: their runs and their table, in order
 LATER_QUESTIONS = {"q2": (q2_runs, q2_table), "q3": (q3_runs, q3_table), "q4": (q4_runs, q4_table),
                    "q5": (q5_runs, q5_table), "q6": (q6_runs, q6_table), "q7": (q7_runs, q7_table),
-                   "q8": (q8_runs, q8_table), "q9": (q9_runs, q9_table), "q10": (q10_runs, q10_table)}
+                   "q8": (q8_runs, q8_table), "q9": (q9_runs, q9_table), "q10": (q10_runs, q10_table),
+                   "q11": (q11_runs, q11_table)}
 
 
 def machine() -> str:
@@ -651,7 +699,7 @@ def main(argv=None) -> int:
         for name, (runs, table) in LATER_QUESTIONS.items():
             if name in qs:
                 if train:
-                    runner.ensure(runs(args.seeds, server))
+                    runner.ensure(runs(runner, args.seeds, server))
                 sections.append(table(runner, args.seeds, server, why))
     if args.dry_run:
         return 0
