@@ -320,12 +320,15 @@ class MixtureL1:
         scaled = coef[:, None] * weights
         users = max(1, min(len(weights), 256))
         cols = max(1, min(len(self.mixed), self.block // users))
+        buffer = weights.new_empty(users * cols)   # every block's signs, written in place
         for start in range(0, len(self.mixed), cols):
             part = self.mixed_views[:, start:start + cols]
             for first in range(0, len(weights), users):
-                signs = torch.sign(weights[first:first + users] @ part)
-                grad_w[first:first + users] += signs @ part.T
-                self.mixed_grad[:, start:start + cols] += scaled[first:first + users].T @ signs
+                rows = weights[first:first + users]
+                signs = buffer[:len(rows) * part.shape[1]].view(len(rows), part.shape[1])
+                torch.mm(rows, part, out=signs).sign_()
+                grad_w[first:first + users].addmm_(signs, part.T)
+                self.mixed_grad[:, start:start + cols].addmm_(scaled[first:first + users].T, signs)
         # sum_e |w . f_e| = w . sum_e sign(w . f_e) f_e
         return (weights * grad_w).sum(1), grad_w
 
