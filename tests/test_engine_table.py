@@ -59,15 +59,16 @@ def test_fedrap_regulariser_changes_the_sparse_round():
     assert not torch.allclose(strong_uploads[-1][0].grads["views"], off_uploads[-1][0].grads["views"], atol=1e-5)
 
 
-def test_l1_of_mixtures_matches_the_dense_formula():
+@pytest.mark.parametrize("n_users", [7, 300])   # one block of users, and 256 + a partial block
+def test_l1_of_mixtures_matches_the_dense_formula(n_users):
     generator = torch.Generator().manual_seed(1)
     views = torch.randn(3, 500, generator=generator)
     views[:, :100] = views[:, :100].abs()          # entries positive in every view
     views[:, 100:150] = -views[:, 100:150].abs()   # negative in every view
     views[:, 150:160] = 0.0                        # zero in every view
     views[1, 160:170] = 0.0                        # mixed with a zero
-    weights = torch.softmax(torch.randn(7, 3, generator=generator), dim=1).requires_grad_()
-    coef = torch.rand(7, generator=generator)
+    weights = torch.softmax(torch.randn(n_users, 3, generator=generator), dim=1).requires_grad_()
+    coef = torch.rand(n_users, generator=generator)
     l1 = MixtureL1(views, block=64)
     value, grad_w = l1(weights.detach(), coef)
     l1(weights.detach(), 2 * coef)                 # the views' gradient adds up over calls
