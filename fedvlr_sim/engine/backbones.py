@@ -311,26 +311,38 @@ class MixtureL1:
         self.block = block or (1 << 17 if views.device.type == "cpu" else 1 << 27)
         self.fixed_weight = torch.zeros(len(views), device=views.device)   # sum over calls of coef' w
         self.mixed_grad = torch.zeros_like(self.mixed_views)
+        self._blocks: dict[int, list] = {}
 
     def __call__(self, weights: torch.Tensor, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(||C_u||_1 (n,), its gradient in w_u (n, G)); adds sum_u coef_u w_u sign(C_u) to the
         views' gradient."""
         grad_w = self.fixed_sum.expand(len(weights), -1).clone()
         self.fixed_weight += coef @ weights
-        scaled = coef[:, None] * weights
+        scaled = (coef[:, None] * weights).T
         users = max(1, min(len(weights), 256))
         cols = max(1, min(len(self.mixed), self.block // users))
         buffer = weights.new_empty(users * cols)   # every block's signs, written in place
-        for start in range(0, len(self.mixed), cols):
-            part = self.mixed_views[:, start:start + cols]
-            for first in range(0, len(weights), users):
-                rows = weights[first:first + users]
+        row_blocks = [(weights[first:first + users], grad_w[first:first + users], scaled[:, first:first + users])
+                      for first in range(0, len(weights), users)]
+        for part, part_t, part_grad in self._column_blocks(cols):
+            for rows, rows_grad, rows_scaled in row_blocks:
                 signs = buffer[:len(rows) * part.shape[1]].view(len(rows), part.shape[1])
                 torch.mm(rows, part, out=signs).sign_()
-                grad_w[first:first + users].addmm_(signs, part.T)
-                self.mixed_grad[:, start:start + cols].addmm_(scaled[first:first + users].T, signs)
+                rows_grad.addmm_(signs, part_t)
+                part_grad.addmm_(rows_scaled, signs)
         # sum_e |w . f_e| = w . sum_e sign(w . f_e) f_e
         return (weights * grad_w).sum(1), grad_w
+
+    def _column_blocks(self, cols: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The mixed entries in blocks of `cols`: (views, their transpose, the views' gradient
+        there), kept per block width (chunks of equal size reuse them)."""
+        if cols not in self._blocks:
+            blocks = []
+            for start in range(0, len(self.mixed), cols):
+                part = self.mixed_views[:, start:start + cols]
+                blocks.append((part, part.T, self.mixed_grad[:, start:start + cols]))
+            self._blocks[cols] = blocks
+        return self._blocks[cols]
 
     def view_grad(self) -> torch.Tensor:
         """sum over calls and users of coef_u w_u sign(C_u), shape (G, E)."""
