@@ -179,19 +179,21 @@ class ClientPopulation:
         """Run the local epochs of every sampled user in `users` (global ids) and sum their uploads."""
         rows = self.rows_of(np.asarray(users, dtype=np.int64))
         glob = self._on_device(glob)
-        upload = Upload({k: torch.zeros_like(v) for k, v in glob.items()}, 0.0, 0.0, 0)
+        grads = {k: torch.zeros_like(v) for k, v in glob.items()}
+        counts = Upload({}, 0.0, 0.0, 0)
         # a sparse table's penalty is built once a round, over the round's fixed views
         penalty = self.backbone.table_penalty(glob["views"], round_idx) if self.sparse_tables else None
         for chunk in self._chunks(rows, self._train_cost):
-            upload = upload + self._train_chunk(round_idx, chunk, glob, penalty)
+            counts = counts + self._train_chunk(round_idx, chunk, glob, penalty, grads)
         if penalty:
-            upload.grads["views"] += penalty.view_grad()
-        return Upload({k: v.cpu() for k, v in upload.grads.items()}, upload.weight, upload.loss_sum, upload.n_users)
+            grads["views"] += penalty.view_grad()
+        return Upload({k: v.cpu() for k, v in grads.items()}, counts.weight, counts.loss_sum, counts.n_users)
 
     def _train_chunk(self, round_idx: int, rows: np.ndarray, glob: dict[str, torch.Tensor],
-                     penalty: TablePenalty | None) -> Upload:
-        """A chunk's local training: SGD on local state, accumulated global gradients (the
-        sparse tables' `penalty` keeps the part of the views' gradient it adds itself)."""
+                     penalty: TablePenalty | None, round_grads: dict[str, torch.Tensor]) -> Upload:
+        """A chunk's local training: SGD on local state; the chunk's alpha-weighted global
+        gradients are added to `round_grads` (the sparse tables' `penalty` keeps the part of the views'
+        gradient it adds itself). Returns the chunk's weight, loss and users."""
         cfg, backbone = self.cfg, self.backbone
         hist, hist_mask = self._history(rows)
         alpha = self.alpha[self._index(rows)]
@@ -201,7 +203,8 @@ class ClientPopulation:
             glob_in = {k: v.expand(n, *v.shape).clone().requires_grad_() for k, v in glob.items()}
         else:
             glob_in = {k: v.detach().requires_grad_() for k, v in glob.items()}
-        accumulated = {k: torch.zeros_like(v) for k, v in glob_in.items()}
+        # shared globals add straight into the round's sums; per-user copies are summed at the end
+        accumulated = {k: torch.zeros_like(v) for k, v in glob_in.items()} if self.copies_globals else round_grads
         glob_dim = 0 if self.copies_globals else None
         weights_fn = vmap(model.router_weights, in_dims=(0, glob_dim, 0, 0))
         loss_fn = vmap(functools.partial(model.user_loss, backbone, self.bpr), in_dims=(0, glob_dim, 0, 0, 0))
@@ -218,7 +221,7 @@ class ClientPopulation:
             weights = router.weights(local) if router else weights_fn(local, glob_in, hist, hist_mask)
             active = (mask.sum(dim=1) > 0).float()
             items = torch.cat([pos[..., None], neg], dim=-1)                        # (n, B, 1 + r)
-            view_rows = gather_view_rows(glob_in["views"], items)
+            view_rows = gather_view_rows(glob_in["views"], items, None if self.copies_globals else accumulated["views"])
             step_local = local
             if table:
                 step_local = local | {f"{backbone.sparse_table}.rows": table.rows(items, view_rows.detach())}
@@ -258,10 +261,11 @@ class ClientPopulation:
             local[backbone.sparse_table], grad_views = table.finish()
             accumulated["views"] += grad_views
         if self.copies_globals:
-            accumulated = self._weighted_sum(round_idx, rows, accumulated, alpha)
+            for name, summed in self._weighted_sum(round_idx, rows, accumulated, alpha).items():
+                round_grads[name] += summed
         self._store_chunk(rows, local, glob_in if cfg.global_update == "local" else glob, hist, hist_mask)
         user_losses = loss_sum / loss_steps.clamp_min(1)
-        return Upload(accumulated, float(alpha.sum()), float(user_losses.sum()), n)
+        return Upload({}, float(alpha.sum()), float(user_losses.sum()), n)
 
     def _weighted_sum(self, round_idx: int, rows: np.ndarray, per_user: dict, alpha: torch.Tensor) -> dict:
         """Post-process each user's upload (privacy, when configured), then alpha-weight and sum."""
@@ -387,17 +391,38 @@ class ClientPopulation:
             self.trained = state["seen"].to(self.device, torch.bool).index_select(0, slots)
 
 
-def gather_view_rows(views: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+def gather_view_rows(views: torch.Tensor, items: torch.Tensor, grad_into: torch.Tensor | None = None) -> torch.Tensor:
     """The views at each user's items (n, ...), shape (n, G, ..., w): from shared views
     (G, I, w) by one index_select of rows g I + item (its gradient is one index_add, several
     times faster on the CPU than indexing inside vmap), or from per-user copies (n, G, I, w).
-    Users first, so mixing them is a batched product that reads the rows where they lie."""
+    Users first, so mixing them is a batched product that reads the rows where they lie.
+    With `grad_into` (shaped like shared views) the rows' gradient is added to it in the
+    backward pass instead of flowing to `views`: no view-sized gradient per step."""
     n_views, n_items, width = views.shape[-3:]
     if views.dim() == 3:
         offsets = torch.arange(n_views, device=items.device).view(1, n_views, *(1,) * (items.dim() - 1)) * n_items
         flat = (items.unsqueeze(1) + offsets).reshape(-1)
-        return views.reshape(-1, width).index_select(0, flat).view(len(items), n_views, *items.shape[1:], width)
+        rows = views.reshape(-1, width)
+        gathered = rows.index_select(0, flat) if grad_into is None else _GatherInto.apply(rows, flat, grad_into)
+        return gathered.view(len(items), n_views, *items.shape[1:], width)
     return vmap(lambda own, its: own[:, its])(views, items)
+
+
+class _GatherInto(torch.autograd.Function):
+    """rows[index], whose backward adds the gradient into a given tensor (shaped like the
+    views) and gives `rows` none."""
+
+    @staticmethod
+    def forward(ctx, rows, index, grad_into):
+        ctx.save_for_backward(index)
+        ctx.grad_into = grad_into
+        return rows.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (index,) = ctx.saved_tensors
+        ctx.grad_into.view(-1, grad_out.shape[-1]).index_add_(0, index, grad_out)
+        return None, None, None
 
 
 def mix_rows(weights: torch.Tensor, view_rows: torch.Tensor) -> torch.Tensor:
