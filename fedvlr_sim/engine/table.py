@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from fedvlr_sim.engine.model import mix_rows
+
 
 class SparseTable:
     """Tables (n, I, w) of a chunk, as T = s X + sum_j c_j F_j with views F (G, I, w)."""
@@ -50,7 +52,7 @@ class SparseTable:
         self._flat_items = (items + user_broadcast(self.users, items) * self.x.shape[1]).reshape(-1)
         x_rows = self.x.view(-1, width).index_select(0, self._flat_items).view(*items.shape, width)
         self._view_rows = view_rows
-        mixed = torch.einsum("ng,ng...w->n...w", self.coef, self._view_rows)
+        mixed = mix_rows(self.coef, self._view_rows)
         return (user_broadcast(self.scale, x_rows) * x_rows + mixed).requires_grad_()
 
     def add_view_grad(self, coef: torch.Tensor) -> None:
