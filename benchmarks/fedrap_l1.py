@@ -3,16 +3,16 @@
 
     python benchmarks/fedrap_l1.py --data-dir DATA --users 1000 --lr 0.1
 
-1. Speed: the L1 term's share of a training round (one thread), and `MixtureL1` on one chunk's shape (100 users x the mixed entries of six 2,528 x 64
-   views), in milliseconds and GFLOP/s (three products of 2 n E G flops each: the mixtures, the
-   weights' gradient, the views' gradient).
+1. Speed: the L1 term's share of a training round (one thread), and `MixtureL1` on one chunk's
+   shape (100 users x the mixed entries of six 2,528 x 64 views), in milliseconds and GFLOP/s
+   (three products of 2 n E G flops each: the mixtures, the weights' gradient, the views'
+   gradient), beside a square product, which shows what one core reaches on a well-shaped one.
 2. Reusing signs within a chunk: an entry's sign in user u's mixture w_u . f_e can change
-   between local steps only if |w_u0 . f_e| <= ||w_u - w_u0|| ||f_e||. The script trains FedRAP+ours
-   on the first USERS users of synthetic:movie for three rounds, records every step's mixing
-   weights, and prints how far they move from a chunk's first step (the largest move per user)
-   and which share of (user, entry) pairs lies within that move of a flip: the entries each
-   step would have to re-evaluate.
-   A square product shows what one core reaches on a large, well-shaped product.
+   between local steps only if |w_u0 . f_e| <= ||w_u - w_u0|| ||f_e||. The script trains
+   FedRAP+ours on the first USERS users of synthetic:movie for three rounds, records every
+   step's mixing weights, and prints how far they move from a chunk's first step (the largest
+   move per user) and which share of (user, entry) pairs lies within that move of a flip: the
+   entries each step would have to re-evaluate.
 3. A fused form of the same three products compiled by `torch.compile` (Inductor's C++ code),
    timed against (1).
 """
