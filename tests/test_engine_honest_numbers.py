@@ -47,6 +47,43 @@ def test_a_diverged_round_ends_the_run_in_one_line_keeping_the_rounds_before(dat
     assert [r.round for r in fed.callback(History).records] == [1, 2]
 
 
+class ViewsScaledAfter:
+    """A server whose published views are multiplied by `factor` after its first `publishes`
+    publications (a round publishes once to train and once to evaluate)."""
+
+    def __init__(self, server, publishes: int, factor: float):
+        self.server, self.publishes, self.factor = server, publishes, factor
+
+    def __getattr__(self, name):
+        return getattr(self.server, name)
+
+    def publish(self):
+        glob = self.server.publish()
+        self.publishes -= 1
+        self.last = glob | {"views": glob["views"] * self.factor} if self.publishes < 0 else glob
+        return self.last
+
+    def largest_published(self):
+        return max(float(t.abs().max()) for t in self.last.values())
+
+
+@pytest.mark.parametrize("factor", [1e20, float("inf")])
+def test_a_last_round_whose_server_step_diverged_ends_the_run_before_it_is_scored(dataset, factor):
+    # the last round has no next training loss to show the divergence: its published globals do
+    cfg = make_cfg(rounds=2)
+    fed = local_federation(cfg, dataset)
+    fed.server = ViewsScaledAfter(fed.server, publishes=3, factor=factor)   # round 2's evaluation
+    with pytest.raises(FedVLRError, match=r"^round 2 diverged \(the server's global parameters reach"):
+        fed.run()
+    assert [r.round for r in fed.callback(History).records] == [1]
+
+
+def test_a_huge_server_step_in_the_only_round_is_a_divergence_error(dataset):
+    cfg = make_cfg(rounds=1, server_lr=1e30, local_epochs=1)
+    with pytest.raises(FedVLRError, match=r"^round 1 diverged"):
+        run_federation(cfg, local_federation(cfg, dataset))
+
+
 def test_a_huge_server_step_gives_a_low_finite_score_never_a_perfect_one(dataset):
     cfg = make_cfg(rounds=3, server_lr=1e30, local_epochs=1)
     try:

@@ -154,6 +154,17 @@ def test_popularity_weighted_negatives_follow_the_train_count_to_the_power_beta(
     np.testing.assert_allclose(share, np.array([1, 2, 3, 4]) / 10, atol=0.02)
 
 
+@pytest.mark.parametrize("beta", [500.0, 1e300])
+def test_a_huge_popularity_exponent_draws_the_most_popular_free_item_not_uniform(beta):
+    # counts^beta overflows float64 here; the draw must still follow the counts, not fall back
+    train = [[5], [0, 1, 2, 3], [1, 2, 3], [2, 3], [3]]
+    ds = dataset_from_lists(7, train, valid=[6] * 5, test=[4] * 5)
+    cfg = make_cfg(backbone="fcf", variant="none", local_epochs=20, neg_ratio=10, neg_popularity=beta)
+    _, pop = make_population(cfg, ds)
+    assert set(_drawn_negatives(pop, np.array([0]))[0].tolist()) == {3}     # item 3 has the most train users
+    assert set(_drawn_negatives(pop, np.array([4]))[0].tolist()) == {2}     # user 4 trains on item 3 itself
+
+
 def test_zero_popularity_exponent_is_the_uniform_draw_and_a_user_with_nothing_weighted_falls_back_to_it():
     ds = make_dataset(n_users=6, n_items=15, seed=2)
     rows = np.arange(ds.n_users)

@@ -44,6 +44,9 @@ class ParameterServer:
     def apply(self, upload: Upload) -> float:
         return self.server.apply(upload)
 
+    def largest_published(self) -> float:
+        return self.server.largest_published()
+
     def peak_rss_bytes(self) -> int:
         return peak_rss_bytes()
 
@@ -71,6 +74,9 @@ class ServerProxy:
 
     def apply(self, upload: Upload) -> float:
         return ray.get(self.actor.apply.remote(upload))
+
+    def largest_published(self) -> float:
+        return ray.get(self.actor.largest_published.remote())
 
     def full_state(self) -> dict:
         return ray.get(self.actor.full_state.remote())

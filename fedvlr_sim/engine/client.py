@@ -148,8 +148,11 @@ class ClientPopulation:
             return (k + torch.searchsorted(free_before, k, side="right")).reshape(len(rows), epochs, width, r)
         free = ~self.data.train_matrix(rows, self.n_items).to(self.device)
         counts = torch.from_numpy(self.data.item_counts).to(self.device, torch.float64)
-        weighted = free * counts ** self.cfg.neg_popularity
-        weighted = torch.where(weighted.sum(dim=1, keepdim=True) > 0, weighted, free.double())
+        # counts^beta in log space, scaled by each user's largest free weight: no overflow at any
+        # beta; a user whose free items all have count 0 draws them uniformly
+        log_weight = torch.where(free, self.cfg.neg_popularity * torch.log(counts), -torch.inf)
+        top = log_weight.amax(dim=1, keepdim=True)
+        weighted = torch.where(torch.isfinite(top), torch.exp(log_weight - top), free.double())
         mass = torch.cumsum(weighted, dim=1)
         drawn = torch.searchsorted(mass, u * mass[:, -1:], side="right")
         return drawn.clamp_max(self.n_items - 1).reshape(len(rows), epochs, width, r)

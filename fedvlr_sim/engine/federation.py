@@ -181,6 +181,7 @@ class Federation:
             _check_finite(record)
             if round_idx % loop.eval_every == 0 or round_idx == loop.rounds:
                 glob = self.server.publish()
+                _check_scorable(round_idx, self.server.largest_published())
                 record.valid, test, test_ranks = self.evaluate(glob)
                 for c in self.callbacks:
                     c.on_evaluation(self, record, glob, test, test_ranks)
@@ -221,12 +222,26 @@ class Federation:
                 c.load_state_dict(state["callbacks"][c.key])
 
 
+DIVERGED_ADVICE = ("lower --lr or --server-lr (or --dp-noise, --weight-decay or a regulariser's weight); the metrics "
+                   "and the last checkpoint of the rounds before it are kept")
+# a float32 score sums w products of two such entries: past this they overflow (3.4e38)
+SCORABLE = 1e18
+
+
 def _check_finite(record: RoundRecord) -> None:
     """A diverged round ends the run: nothing after it could be trusted."""
     if not (math.isfinite(record.loss) and math.isfinite(record.grad_norm)):
         raise FedVLRError(f"round {record.round} diverged (training loss {record.loss}, gradient norm "
-                          f"{record.grad_norm}): lower --lr or --server-lr; the metrics and the last checkpoint "
-                          "of the rounds before it are kept")
+                          f"{record.grad_norm}): {DIVERGED_ADVICE}")
+
+
+def _check_scorable(round_idx: int, largest: float) -> None:
+    """The round's server step diverged if the globals published after it (`largest`, their
+    largest magnitude) are not finite or too large to score: caught before evaluation, since the
+    last round has no next loss to show it."""
+    if not largest <= SCORABLE:   # NaN too
+        raise FedVLRError(f"round {round_idx} diverged (the server's global parameters reach {largest:.3g} after its "
+                          f"step): {DIVERGED_ADVICE}")
 
 
 def _upgrade_loop_state(state: dict) -> dict:

@@ -41,6 +41,7 @@ class Server(nn.Module):
         self.optimizer = (torch.optim.Adam(params, lr=server_cfg.server_lr) if server_cfg.server_optimizer == "adam"
                           else torch.optim.SGD(params, lr=server_cfg.server_lr))
         self._views: torch.Tensor | None = None
+        self._largest = 0.0
 
     @property
     def n_views(self) -> int:
@@ -56,7 +57,13 @@ class Server(nn.Module):
     def publish(self) -> dict[str, torch.Tensor]:
         """Compute the views for this round; return the global tensors (detached, on CPU)."""
         self._views = self.fusion()
-        return snapshot({"views": self._views} | self._backbone_globals())
+        published = snapshot({"views": self._views} | self._backbone_globals())
+        self._largest = max((float(t.abs().max()) for t in published.values() if t.numel()), default=0.0)
+        return published
+
+    def largest_published(self) -> float:
+        """The largest magnitude among the last published globals (NaN if any is NaN)."""
+        return self._largest
 
     def altered_globals(self, modality: str) -> dict[str, torch.Tensor]:
         """The globals with one modality's input replaced by its mean (for reliance)."""
