@@ -27,14 +27,19 @@ DATA_DIR = os.environ.get("FEDVLR_DATA_DIR", "data")
 
 
 def user_errors(command):
-    """Turn FedVLRError into a one-line message and exit code 2."""
+    """Turn FedVLRError, and a file the system refuses (a path that cannot be created, read or
+    written), into a one-line message and exit code 2."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except FedVLRError as err:
             typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
+        except OSError as err:
+            if err.filename is None:
+                raise
+            typer.echo(f"error: {err.filename}: {err.strerror}", err=True)
+        raise typer.Exit(2) from None
     return wrapper
 
 
@@ -252,12 +257,16 @@ def prepare(
     dataset: str = typer.Option(..., help="KU, Food, Dance, Movie (NineRec), Beauty, Cards (Amazon 2023), ML, or any name with --format mmrec."),
     raw: Path = typer.Option(..., help="Raw data: a folder (or the CSV file for Amazon)."),
     data_dir: str = typer.Option(DATA_DIR, help="Where prepared datasets live."),
-    format: Optional[str] = typer.Option(None, "--format", help="mmrec: a folder in the authors' MMRec layout (split and features kept)."),
+    format: Optional[str] = typer.Option(None, "--format", help="mmrec (a folder in the authors' MMRec layout: split "
+                                         "and features kept), ninerec, amazon or movielens [default: the known "
+                                         "dataset's]."),
+    replace: bool = typer.Option(False, "--replace", help="Allow preparing a dataset that is already "
+                                 "prepared: its folder is replaced whole (features embedded since are deleted)."),
 ) -> None:
     """Preprocess a raw dataset into the canonical form (5-core, re-index, leave-one-out)."""
     from fedvlr_sim.datasets import dataset_summary, load_dataset, prepare_dataset
 
-    folder = prepare_dataset(dataset, raw, data_dir_option(data_dir), fmt=format)
+    folder = prepare_dataset(dataset, raw, data_dir_option(data_dir), fmt=format, replace=replace)
     summary = dataset_summary(load_dataset(folder.name, Path(data_dir)))
     typer.echo(f"prepared {folder}: " + json.dumps(summary))
 
@@ -274,7 +283,7 @@ def images(
     backoff: float = typer.Option(1.0, help="First wait before a retry, in seconds (doubled each retry)."),
 ) -> None:
     """Download the item images named in the Amazon metadata into the raw folder (resumable); run
-    `prepare` again afterwards so the dataset records them."""
+    `prepare --replace` afterwards so the dataset records them."""
     from rich.progress import Progress
 
     from fedvlr_sim.datasets import download_images
@@ -403,10 +412,17 @@ def bench(
     from fedvlr_sim.bench import draw_scaling, first_users
     from fedvlr_sim.runner import load_checked
 
-    rows = []
+    if not plot.parent.is_dir():
+        raise FedVLRError(f"--plot {plot}: no folder {plot.parent} to write it in")
+    loaded = []   # every dataset checked before any timing
     for name in dataset:
         cfg = build_config(None, [], options | {"dataset": name, "backend": "ray"})
         full = load_checked(cfg)
+        if users and max(users) > full.n_users:
+            raise FedVLRError(f"--users {max(users)}: {name} has only {full.n_users} users")
+        loaded.append((cfg, full))
+    rows = []
+    for cfg, full in loaded:
         for size in users or [full.n_users]:
             rows.append(run_bench(cfg, first_users(full, size), rounds=rounds, sample_users=sample_users,
                                   report=lambda text: typer.echo(text, err=True)))
@@ -459,6 +475,7 @@ def reproduce(
     experiment = experiment_named(name)
     require_folder("--out", out, "for the experiment's results")
     base = base_config(set_, {"rounds": rounds, "data_dir": str(data_dir_option(data_dir))})
+    base.replace(dp_clip=dp_clip, dp_noise=dp_noise)   # checked for every experiment, read by table4
     choices = Choices(backbone=base.replace(backbone=backbone).model.backbone, dp_clip=dp_clip, dp_noise=dp_noise)
     given = [*(f"--dataset {d}" for d in dataset), f"--seeds {seeds}", *([f"--rounds {rounds}"] if rounds else []),
              *([f"--backbone {choices.backbone}"] if experiment.reads(choices, backbone="-") else []),

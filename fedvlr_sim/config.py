@@ -433,6 +433,16 @@ def require_folder(option: str, path: Path, purpose: str) -> Path:
     return path
 
 
+def create_folder(option: str, path: Path) -> Path:
+    """Create the folder `path`, given by `option` (with its parents), or raise FedVLRError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FedVLRError(f"{option} {path}: cannot create this folder ({err.strerror})") from None
+    return path
+
+
 def option_fields() -> list[tuple[str, dataclasses.Field]]:
     """(role, field) of every flat option, in declaration order: the command line's source."""
     return [(role, f) for role, kind in ROLES.items() for f in dataclasses.fields(kind)]

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from fedvlr_sim.config import create_folder
 from fedvlr_sim.errors import FedVLRError
 
 LOCK = ".lock"
@@ -22,8 +23,7 @@ LOCK = ".lock"
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run folder `run_dir` (created if absent) exclusively, or raise FedVLRError."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = create_folder("--out", run_dir)
     with open(run_dir / LOCK, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

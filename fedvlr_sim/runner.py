@@ -130,9 +130,13 @@ def resume_config(run_dir: Path, extend: dict | None = None) -> tuple[RunConfig,
     cfg = saved_config(run_dir, extend)
     folder = latest_checkpoint(run_dir)
     _, loop_state = checkpoint.read(folder)
+    done = int(loop_state["round"])
+    if cfg.loop.rounds < done:
+        raise FedVLRError(f"--rounds {cfg.loop.rounds}: {run_dir} has already run {done} rounds (--resume can raise "
+                          "--rounds, not lower it below that)")
     if cfg != saved_config(run_dir):
         write_json(run_dir / CONFIG_FILE, cfg.flat())
-    return cfg, folder, int(loop_state["round"])
+    return cfg, folder, done
 
 
 def latest_checkpoint(run_dir: Path) -> Path:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from fedvlr_sim.config import RunConfig
+from fedvlr_sim.config import RunConfig, create_folder
 from fedvlr_sim.errors import FedVLRError
 from fedvlr_sim.reproduce.grid import best_on_valid, grid_points, negatives_stage, point_name
 from fedvlr_sim.reproduce.jobs import Job, run_jobs
-from fedvlr_sim.runner import write_json
+from fedvlr_sim.runner import CONFIG_FILE, write_json
 
 
 def sweep_jobs(cfg: RunConfig, out: Path, points: list[dict]) -> list[Job]:
@@ -25,12 +25,17 @@ def sweep(cfg: RunConfig, out: Path, resume: bool = False, max_parallel: int = 1
     """Run every grid point, then the negatives stage at the best one (with `resume`, keep the
     finished runs and resume the others), pick the best on valid; write out/sweep.json (every
     point) and out/summary.json (the selected run's summary plus the grid); return the latter."""
+    if (out / CONFIG_FILE).exists():
+        raise FedVLRError(f"--out {out}: holds a single run ({CONFIG_FILE}), not a sweep; choose another --out")
     points = grid_points(cfg.model.backbone_def)
     jobs = sweep_jobs(cfg, out, points)
     started = [job.run_dir for job in jobs if job.run_dir.exists()]
     if started and not resume:
         raise FedVLRError(f"--out {out}: already holds this sweep's runs ({started[0].name}, ...); add --resume to "
                           "continue it or choose another --out")
+    if resume and not started:
+        raise FedVLRError(f"--resume: {out} holds no run of this sweep to continue; drop --resume to start it")
+    create_folder("--out", out)
     address = cfg.launch.address if cfg.launch.backend == "local" else ""
     metric = cfg.loop.select_metric
     outcomes = run_jobs(jobs, max_parallel, address, on_run)

@@ -84,6 +84,12 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:100])
 
 
+def prepared_ml(folder: Path, templates: dict) -> None:
+    """A data folder with ML prepared (`data/ML`) and raw MovieLens files to prepare (`raw/`)."""
+    shutil.copytree(templates["data"], folder / "data")
+    write_movielens(folder / "raw", users=8)
+
+
 def with_dim(run: Path, dim: int) -> None:
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps(config | {"dim": dim}))
@@ -99,6 +105,7 @@ CASES = {
     "run: seed beyond 64 bits": Case(("run", "--seed", str(2**64 + 1), *QUICK), ("--seed",)),
     "run: non-finite learning rate": Case(("run", "--lr", "nan", *QUICK), ("--lr",)),
     "run: --out names a file": Case(("run", *QUICK, "--out", "afile"), ("--out", "afile"), AFILE),
+    "run: --out under a file": Case(("run", *QUICK, "--out", "afile/run"), ("--out afile/run", "cannot create"), AFILE),
     "run: --data-dir names a file": Case(("run", *QUICK, "--data-dir", "afile"), ("--data-dir", "afile"), AFILE),
     "run: an embedding too large for this machine": Case(("run", "--backend", "local", "--dim", "100000000"),
                                                           ("--dim", "GiB", "available")),
@@ -156,19 +163,34 @@ CASES = {
                                                       run_folder(template="data changed")),
     "resume: an option that would change the run": Case(("run", "--resume", "run", "--lr", "0.5"),
                                                          ("--lr", "--resume"), run_folder()),
+    "resume: --rounds below the rounds already run": Case(("run", "--resume", "run", "--rounds", "1"),
+                                                          ("--rounds 1", "2 rounds"), run_folder(template="two rounds")),
     # ---------------------------------------------------------------- the other commands
     "sweep: --out names a file": Case(("sweep", *QUICK, "--out", "afile"), ("--out", "afile"), AFILE),
     "sweep: malformed config": Case(("sweep", "--out", "grid", "--config", "broken.json"), ("broken.json",),
                                     files(broken__json="{")),
     "sweep: --set of an unknown key": Case(("sweep", "--out", "grid", "--set", "speed=1"), ("--set speed=1",)),
+    "sweep: --out under a file": Case(("sweep", *QUICK, "--out", "afile/grid"), ("--out afile/grid", "cannot create"),
+                                      AFILE),
+    "sweep: --out holds a single run": Case(("sweep", *QUICK, "--out", "run"), ("--out run", "config.json"),
+                                            run_folder()),
+    "sweep: --resume with nothing to continue": Case(("sweep", *QUICK, "--resume", "--out", "grid"),
+                                                     ("--resume", "grid")),
     "bench: no timed rounds": Case(("bench", "--rounds", "0"), ("--rounds",)),
     "bench: unknown dataset": Case(("bench", "--dataset", "NoSuchSet"), ("NoSuchSet",)),
+    "bench: more users than the dataset": Case(("bench", "--dataset", "synthetic:tiny", "--users", "100000"),
+                                               ("--users 100000", "300 users")),
+    "bench: --plot in a folder that does not exist": Case(
+        ("bench", "--dataset", "synthetic:tiny", "--users", "50", "--users", "100", "--plot", "nowhere/scaling.png"),
+        ("--plot", "nowhere")),
     "report: a folder that is not a run": Case(("report", "notes"), ("metrics.parquet",),
                                                files(notes__readme__txt="hello")),
     "report: a missing folder": Case(("report", "nowhere"), ("nowhere",)),
     "report: damaged metrics.parquet": Case(("report", "run"), ("metrics.parquet", "parquet"),
                                             run_folder(lambda run: truncate(run / "metrics.parquet"))),
     "prepare: missing raw data": Case(("prepare", "--dataset", "ML", "--raw", "nowhere"), ("--raw", "nowhere")),
+    "prepare: a dataset prepared already": Case(("prepare", "--dataset", "ML", "--raw", "raw", "--data-dir", "data"),
+                                                ("data/ML", "--replace"), prepared_ml),
     "prepare: --data-dir names a file": Case(("prepare", "--dataset", "ML", "--raw", "raw", "--data-dir", "afile"),
                                              ("--data-dir", "afile"), AFILE),
     "features: a dataset that is not prepared": Case(("features", "--dataset", "ML"), ("ML", "meta.json")),
@@ -176,6 +198,10 @@ CASES = {
     "datasets: --data-dir names a file": Case(("datasets", "--data-dir", "afile"), ("--data-dir", "afile"), AFILE),
     "reproduce: --out names a file": Case(("reproduce", "table5", "--dataset", "synthetic:tiny", "--out", "afile"),
                                           ("--out", "afile"), AFILE),
+    "reproduce: --out under a file": Case(("reproduce", "table5", "--dataset", "synthetic:tiny", "--out", "afile/x"),
+                                          ("--out afile/x", "cannot create"), AFILE),
+    "reproduce: a negative --dp-clip for an experiment without DP": Case(
+        ("reproduce", "table5", "--dataset", "synthetic:tiny", "--dp-clip", "-1"), ("--dp-clip",)),
     "reproduce: no rounds": Case(("reproduce", "table5", "--dataset", "synthetic:tiny", "--rounds", "0"), ("--rounds",)),
     "--version with a value": Case(("--version=yes",), ("--version",)),
     "an unknown command": Case(("frobnicate",), ("frobnicate",)),
@@ -213,8 +239,9 @@ def write_movielens(folder: Path, users: int, items: int = 8) -> Path:
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory) -> dict[str, Path]:
-    """Run folders to damage: a finished run with a checkpoint, and a run on a prepared dataset
-    that was prepared again, from other raw data, after the run."""
+    """Run folders to damage: finished runs of one and two rounds with a checkpoint, a run on a
+    prepared dataset that was prepared again, from other raw data, after the run, and that
+    data folder."""
     import fedvlr_sim
     from fedvlr_sim.datasets import prepare_dataset
 
@@ -224,8 +251,10 @@ def templates(tmp_path_factory) -> dict[str, Path]:
     data = root / "data"
     prepare_dataset("ML", write_movielens(root / "raw-before", users=8), data)
     fedvlr_sim.run(tiny | dict(dataset="ML", data_dir=str(data), out=str(root / "data-changed")))
-    prepare_dataset("ML", write_movielens(root / "raw-after", users=9), data)
-    return {"finished": root / "finished", "data changed": root / "data-changed"}
+    prepare_dataset("ML", write_movielens(root / "raw-after", users=9), data, replace=True)
+    fedvlr_sim.run(tiny | dict(dataset="synthetic:tiny", rounds=2, out=str(root / "two-rounds")))
+    return {"finished": root / "finished", "data changed": root / "data-changed", "two rounds": root / "two-rounds",
+            "data": data}
 
 
 @pytest.fixture(scope="module")

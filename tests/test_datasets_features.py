@@ -139,6 +139,15 @@ def test_missing_weights_file_is_a_one_line_error_naming_the_option(shop):
         extract_features("Shop", shop, model=TINY, pretrained="/nowhere/clip.pt", progress=False)
 
 
+@pytest.mark.parametrize("content", [b"", b"not weights\n", bytes(range(256)) * 4], ids=["empty", "text", "bytes"])
+def test_a_file_that_is_not_clip_weights_is_a_one_line_error_naming_it(shop, tmp_path, content):
+    weights = tmp_path / "clip.pt"
+    weights.write_bytes(content)
+    with pytest.raises(FedVLRError, match=rf"^--pretrained {weights}: not a weights file open_clip can load") as err:
+        extract_features("Shop", shop, model=TINY, pretrained=str(weights), progress=False)
+    assert "\n" not in str(err.value)
+
+
 def test_unknown_model_is_a_one_line_error(shop):
     with pytest.raises(FedVLRError, match=r"--model NoSuchCLIP"):
         extract_features("Shop", shop, model="NoSuchCLIP", pretrained=None, progress=False)

@@ -363,15 +363,25 @@ def test_failed_prepare_keeps_the_existing_dataset_and_leaves_no_temporary_folde
     prepare_dataset("Mine", write_mmrec(tmp_path / "good"), data)
     broken = write_mmrec(tmp_path / "broken")
     np.save(broken / "text_features.npy", unit_rows(3, 8))
-    with pytest.raises(FedVLRError):
-        prepare_dataset("Mine", broken, data)
+    with pytest.raises(FedVLRError, match="text_features.npy"):
+        prepare_dataset("Mine", broken, data, replace=True)
     assert load_dataset("Mine", data).n_items == 4
     assert [p.name for p in data.iterdir()] == ["Mine"]
 
 
-def test_preparing_again_replaces_the_dataset(tmp_path):
+def test_preparing_a_prepared_dataset_again_needs_replace_and_names_what_it_would_delete(tmp_path):
     data = tmp_path / "data"
     prepare_dataset("Mine", write_mmrec(tmp_path / "small"), data)
-    prepare_dataset("Mine", write_mmrec(tmp_path / "large", n_users=5, n_items=6), data)
+    (data / "Mine" / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in (data / "Mine").rglob("*"))
+    with pytest.raises(FedVLRError, match=r"--dataset Mine: .*Mine is already prepared and holds .*notes\.txt.*--replace"):
+        prepare_dataset("Mine", write_mmrec(tmp_path / "large", n_users=5, n_items=6), data)
+    assert sorted(p.name for p in (data / "Mine").rglob("*")) == before
+
+
+def test_preparing_again_with_replace_replaces_the_dataset(tmp_path):
+    data = tmp_path / "data"
+    prepare_dataset("Mine", write_mmrec(tmp_path / "small"), data)
+    prepare_dataset("Mine", write_mmrec(tmp_path / "large", n_users=5, n_items=6), data, replace=True)
     assert (load_dataset("Mine", data).n_users, load_dataset("Mine", data).n_items) == (5, 6)
     assert [p.name for p in data.iterdir()] == ["Mine"]

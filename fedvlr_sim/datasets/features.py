@@ -51,7 +51,7 @@ def extract_features(
     if all(t is None for t in titles) and all(p is None for p in paths):
         raise FedVLRError(
             f"{folder / ITEMS}: no item has a title or an image path, so there is nothing to embed; "
-            f"prepare it again from raw files with titles or images (MMRec folders bring their own features)"
+            f"prepare it again (`prepare --replace`) from raw files with titles or images (MMRec folders bring their own features)"
         )
     features = features_folder(folder)
     clip, preprocess, tokenizer = _load_clip(model, pretrained, device)
@@ -183,8 +183,13 @@ def _load_clip(model: str, pretrained: str | None, device: str):
         with _library_logs_muted():
             clip, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device)
             tokenizer = open_clip.get_tokenizer(model)
-    except (RuntimeError, OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0].split(". ")[0][:200]  # the first sentence
+    except Exception as exc:   # noqa: BLE001 - a user's weights file can fail in any way (pickle, keys)
+        reason = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:200]  # the first sentence
+        if pretrained and Path(pretrained).is_file():
+            raise FedVLRError(f"--pretrained {pretrained}: not a weights file open_clip can load for --model {model} "
+                              f"({type(exc).__name__}{': ' + reason if reason else ''})") from None
+        if not isinstance(exc, (RuntimeError, OSError, ValueError)):
+            raise
         raise FedVLRError(
             f"--model {model} --pretrained {pretrained}: cannot load CLIP ({reason}); "
             f"pass --pretrained PATH to a local weights file when offline"

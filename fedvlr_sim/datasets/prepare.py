@@ -7,7 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-from fedvlr_sim.datasets.canonical import read_dataset, write_prepared
+from fedvlr_sim.datasets.canonical import INTERACTIONS, ITEMS, META, USERS, read_dataset, write_prepared
 from fedvlr_sim.datasets.formats import READERS
 from fedvlr_sim.datasets.registry import KNOWN_DATASETS, known
 from fedvlr_sim.errors import FedVLRError
@@ -15,17 +15,22 @@ from fedvlr_sim.errors import FedVLRError
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def prepare_dataset(name: str, raw: Path, data_dir: Path, fmt: str | None = None) -> Path:
+def prepare_dataset(name: str, raw: Path, data_dir: Path, fmt: str | None = None, replace: bool = False) -> Path:
     """Read ``raw`` and write ``data_dir/<name>/`` in canonical form; return that folder.
 
     ``fmt`` (mmrec, ninerec, amazon, movielens) defaults to the known dataset's format; a folder
     with ``inter.csv`` is read as MMRec layout. The result is written to a temporary folder,
-    read back and validated, and only then replaces any existing ``data_dir/<name>``.
+    read back and validated, and only then replaces an existing ``data_dir/<name>``, which
+    takes ``replace`` (the folder is replaced whole: features embedded since are gone).
     """
     info = known(name)
     name = info.name if info else name
     if not _NAME.fullmatch(name):
         raise FedVLRError(f"--dataset {name!r}: a prepared dataset name may use letters, digits, '_', '-', '.'")
+    dest = Path(data_dir) / name
+    if dest.exists() and not replace:
+        raise FedVLRError(f"--dataset {name}: {dest} is already prepared{_contents_note(dest)}; pass --replace to "
+                          "prepare it again (the folder is replaced whole)")
     raw = Path(raw).expanduser()
     if not raw.exists():
         raise FedVLRError(f"--raw {raw}: no such file or folder")
@@ -41,7 +46,18 @@ def prepare_dataset(name: str, raw: Path, data_dir: Path, fmt: str | None = None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return _install(staging, data_dir / name)
+    return _install(staging, dest)
+
+
+def _contents_note(folder: Path) -> str:
+    """Names of what `folder` holds beyond the files `prepare` writes (features embedded by
+    `fedvlr-sim features`, files of the user's), as a clause for an error message."""
+    written = {INTERACTIONS, ITEMS, USERS, META}
+    others = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name not in written)
+    if not others:
+        return ""
+    shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+    return f" and holds {shown}"
 
 
 def _format(name: str, raw: Path, fmt: str | None) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from fedvlr_sim.config import RunConfig, parse_settings, resolve
+from fedvlr_sim.config import RunConfig, create_folder, parse_settings, resolve
 from fedvlr_sim.errors import FedVLRError
 from fedvlr_sim.reproduce.catalogue import EXPERIMENTS
 from fedvlr_sim.reproduce.experiment import Choices
@@ -49,7 +49,7 @@ def reproduce(name: str, datasets: list[str], seeds: int, out: Path, base: RunCo
 
     experiment = experiment_named(name)
     command = command or f"fedvlr-sim reproduce {name}"
-    out.mkdir(parents=True, exist_ok=True)
+    create_folder("--out", out)
     if experiment.measured:
         return _measured(experiment, datasets, base, choices, out, command, report)
     plan = plan_runs(experiment, datasets, seeds, base, choices, out)
