@@ -30,7 +30,9 @@ from hypothesis.extra import numpy as hnp
 from test_datasets_raw_formats import (AMAZON_USERS, ASINS, ML_MOVIES, ML_USERS, NINEREC_ITEMS, NINEREC_USERS,
                                        unit_rows, write_amazon, write_mmrec, write_movielens, write_ninerec)
 
+from fedvlr_sim.config import resolve
 from fedvlr_sim.datasets import load_dataset, prepare_dataset
+from fedvlr_sim.engine.simulation import features_of
 from fedvlr_sim.errors import FedVLRError
 
 CLI = Path(sys.executable).parent / "fedvlr-sim"
@@ -212,6 +214,8 @@ FEATURE_DEFECTS = [
     pytest.param(saved(lambda n: np.zeros((0, 8), np.float32)), "shape (0, 8), expected (4, dim)", id="zero-rows"),
     pytest.param(saved(lambda n: unit_rows(n + 1, 8)), "shape (5, 8), expected (4, dim)", id="one-row-too-many"),
     pytest.param(saved(with_nan), "non-finite values (NaN or inf), first in row 1", id="NaN"),
+    pytest.param(saved(lambda n: unit_rows(n, 8).astype(np.float32) * 1e30),
+                 "4 rows are not L2-normalised (row 0 has norm 1e+30)", id="huge-rows"),
     pytest.param(lambda path, n: path.write_bytes(b""), "empty file", id="zero-bytes"),
     pytest.param(lambda path, n: path.mkdir(), "is a folder", id="folder"),
     pytest.param(npz_archive, "an .npz archive, expected a .npy array", id="npz"),
@@ -230,6 +234,7 @@ def prepared_features(tmp_path: Path) -> tuple[Path, Callable[[], object]]:
     return tmp_path / "data" / "Broken" / "features" / "text.npy", lambda: load_dataset("Broken", tmp_path / "data")
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")   # the error line alone, no numpy warning before it
 @pytest.mark.parametrize("source", [mmrec_features, prepared_features], ids=["mmrec-folder", "prepared-dataset"])
 @pytest.mark.parametrize("write_broken, problem", FEATURE_DEFECTS)
 def test_broken_feature_array_is_refused_naming_the_file(source, write_broken, problem, tmp_path):
@@ -239,6 +244,13 @@ def test_broken_feature_array_is_refused_naming_the_file(source, write_broken, p
     with pytest.raises(FedVLRError) as error:
         load()
     assert str(error.value).startswith(f"{path}: {problem}")
+
+
+def test_a_fusion_run_on_a_dataset_that_lost_one_feature_file_names_that_file(tmp_path):
+    path, load = prepared_features(tmp_path)
+    path.unlink()
+    with pytest.raises(FedVLRError, match=r"has no features/text\.npy beside features/vision\.npy: restore it"):
+        features_of(load(), resolve([(None, {"variant": "ours"})]))
 
 
 # --- property-based: any raw file prepares a valid dataset or raises FedVLRError -------------------

@@ -69,12 +69,26 @@ def test_changed_parquet_file_fails_its_checksum(world):
         read_dataset(world)
 
 
-def test_missing_parquet_column_is_named(world):
-    pl.read_parquet(world / "interactions.parquet").drop("split").write_parquet(world / "interactions.parquet")
+def rewrite_interactions(world, change) -> None:
+    """Replace interactions.parquet by `change(table)` and record its new checksum, as a user
+    editing the file and meta.json would."""
+    change(pl.read_parquet(world / "interactions.parquet")).write_parquet(world / "interactions.parquet")
     meta = json.loads((world / "meta.json").read_text())
     meta["checksums"]["interactions.parquet"] = sha256(world / "interactions.parquet")
     (world / "meta.json").write_text(json.dumps(meta))
+
+
+def test_missing_parquet_column_is_named(world):
+    rewrite_interactions(world, lambda table: table.drop("split"))
     with pytest.raises(FedVLRError, match=r"interactions\.parquet: missing column 'split'"):
+        read_dataset(world)
+
+
+@pytest.mark.filterwarnings("error")   # no numpy warning line before the error
+def test_missing_ids_are_named_not_cast(world):
+    rewrite_interactions(world, lambda table: table.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(None).otherwise(pl.col("item")).alias("item")))
+    with pytest.raises(FedVLRError, match=r"interactions\.parquet: column 'item' has 1 missing values"):
         read_dataset(world)
 
 

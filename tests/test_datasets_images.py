@@ -246,7 +246,9 @@ def test_datasets_in_other_formats_are_refused(raw):
 
 @pytest.mark.parametrize("option, value, expected", [("workers", 0, "--workers 0: expected at least 1"),
                                                      ("retries", -1, "--retries -1: expected at least 0"),
-                                                     ("timeout_s", 0, "--timeout 0: expected more than 0")])
+                                                     ("timeout_s", 0, "--timeout 0: expected more than 0"),
+                                                     ("timeout_s", float("inf"), "--timeout inf: expected more than 0"),
+                                                     ("backoff_s", float("inf"), "--backoff inf: expected at least 0")])
 def test_options_out_of_range_are_named(raw, option, value, expected):
     with pytest.raises(FedVLRError, match=starts(expected)):
         download(raw, **{option: value})

@@ -144,6 +144,9 @@ def _read_parquet(folder: Path, name: str, schema: dict, meta: dict) -> pl.DataF
             raise FedVLRError(f"{path}: missing column '{column}' (expected {layout})")
         if dtype.is_integer() and not table[column].dtype.is_integer():
             raise FedVLRError(f"{path}: column '{column}' has type {table[column].dtype} (expected {layout})")
+        if dtype.is_integer() and table[column].null_count():
+            raise FedVLRError(f"{path}: column '{column}' has {table[column].null_count()} missing values "
+                              f"(expected {layout}, no nulls)")
     key = next(iter(schema))
     if name != INTERACTIONS and not (table[key].to_numpy() == np.arange(table.height)).all():
         raise FedVLRError(f"{path}: column '{key}' must be 0..{table.height - 1} in order")

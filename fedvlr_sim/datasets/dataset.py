@@ -118,7 +118,7 @@ def _check_features(feats: np.ndarray, n_items: int, label: str) -> int:
     finite = np.isfinite(feats).all(axis=1)
     if not finite.all():
         raise FedVLRError(f"{label}: non-finite values (NaN or inf), first in row {np.flatnonzero(~finite)[0]}")
-    norms = np.linalg.norm(feats.astype(np.float32), axis=1)
+    norms = np.linalg.norm(feats.astype(np.float64), axis=1)   # float64: no overflow of huge rows
     off = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)
     if off.size:
         raise FedVLRError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import math
 import os
 import re
 import tempfile
@@ -100,8 +101,8 @@ def _check_options(workers: int, retries: int, timeout_s: float, backoff_s: floa
     """Raise FedVLRError naming the first option out of its range (by its command-line name)."""
     for option, value, ok, expected in (("--workers", workers, workers >= 1, "at least 1"),
                                         ("--retries", retries, retries >= 0, "at least 0"),
-                                        ("--timeout", timeout_s, timeout_s > 0, "more than 0 seconds"),
-                                        ("--backoff", backoff_s, backoff_s >= 0, "at least 0 seconds")):
+                                        ("--timeout", timeout_s, 0 < timeout_s < math.inf, "more than 0 seconds, finite"),
+                                        ("--backoff", backoff_s, 0 <= backoff_s < math.inf, "at least 0 seconds, finite")):
         if not ok:
             raise FedVLRError(f"{option} {value}: expected {expected}")
 
