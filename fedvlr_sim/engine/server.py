@@ -41,7 +41,7 @@ class Server(nn.Module):
         self.optimizer = (torch.optim.Adam(params, lr=server_cfg.server_lr) if server_cfg.server_optimizer == "adam"
                           else torch.optim.SGD(params, lr=server_cfg.server_lr))
         self._views: torch.Tensor | None = None
-        self._largest = 0.0
+        self._published: dict[str, torch.Tensor] = {}
 
     @property
     def n_views(self) -> int:
@@ -57,13 +57,12 @@ class Server(nn.Module):
     def publish(self) -> dict[str, torch.Tensor]:
         """Compute the views for this round; return the global tensors (detached, on CPU)."""
         self._views = self.fusion()
-        published = snapshot({"views": self._views} | self._backbone_globals())
-        self._largest = max((float(t.abs().max()) for t in published.values() if t.numel()), default=0.0)
-        return published
+        self._published = snapshot({"views": self._views} | self._backbone_globals())
+        return self._published
 
     def largest_published(self) -> float:
         """The largest magnitude among the last published globals (NaN if any is NaN)."""
-        return self._largest
+        return max((float(t.abs().max()) for t in self._published.values() if t.numel()), default=0.0)
 
     def altered_globals(self, modality: str) -> dict[str, torch.Tensor]:
         """The globals with one modality's input replaced by its mean (for reliance)."""

@@ -40,12 +40,13 @@ def features_of(dataset, cfg: RunConfig) -> tuple[torch.Tensor | None, torch.Ten
     """The vision and text features a variant needs, or a clear error when they are missing."""
     if not cfg.model.variant_def.uses_features:
         return None, None
-    if (dataset.vision is None) != (dataset.text is None):
-        missing = "vision" if dataset.vision is None else "text"
+    missing = [part for part in ("vision", "text") if getattr(dataset, part) is None]
+    if len(missing) == 1:
+        (kept,) = {"vision", "text"} - set(missing)
         raise FedVLRError(f"--variant {cfg.model.variant} needs item features but dataset {dataset.name!r} has no "
-                          f"features/{missing}.npy beside features/{'text' if missing == 'vision' else 'vision'}.npy: "
-                          "restore it, or embed both again with `fedvlr-sim features`")
-    if dataset.vision is None:
+                          f"features/{missing[0]}.npy beside features/{kept}.npy: restore it, or embed both again "
+                          "with `fedvlr-sim features`")
+    if missing:
         raise FedVLRError(
             f"--variant {cfg.model.variant} needs item features but dataset {dataset.name!r} has none: "
             f"run `fedvlr-sim features --dataset {dataset.name}` first (or use --variant none)")
